@@ -1,0 +1,2 @@
+//! Storage benches (placeholder until written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Shared helpers for Sluice's criterion benches (`benches/benches/*.rs`).

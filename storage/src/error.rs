@@ -1,0 +1,129 @@
+//! The storage crate's one error type.
+//!
+//! Request errors (a bad batch, an offset out of range) leave the log as it was. I/O errors on
+//! the write path poison the log ([`Error::Poisoned`]) until it is reopened, because after a
+//! failed write or fsync the page cache and the disk may disagree and retrying fsync can report
+//! success for data that is gone.
+
+use crate::format::FormatError;
+use std::path::PathBuf;
+
+/// Result with the storage [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the storage engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The batch failed a check of design.md §2; nothing of it was written.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] FormatError),
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done: `"open"`, `"write"`, `"fdatasync"`, ...
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Bytes on disk that cannot be what this engine wrote.
+    #[error("corrupt segment file {path} at byte {position}: {corruption}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Byte position in the file.
+        position: u64,
+        /// What is wrong there.
+        corruption: Corruption,
+    },
+    /// A read asked for an offset the log does not hold.
+    #[error("offset {offset} out of range: the log holds offsets {earliest}..{latest}")]
+    OffsetOutOfRange {
+        /// Offset asked for.
+        offset: u64,
+        /// Earliest offset retained.
+        earliest: u64,
+        /// The high watermark: one past the last readable offset.
+        latest: u64,
+    },
+    /// An earlier write or fsync failed; the log refuses writes until it is reopened.
+    #[error("log {dir} refuses writes after an earlier I/O failure; reopen it to recover")]
+    Poisoned {
+        /// The partition directory.
+        dir: PathBuf,
+    },
+    /// A configuration value out of its bounds.
+    #[error("invalid config {field} = {value}: {reason}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The bound it broke.
+        reason: &'static str,
+    },
+    /// Another process holds the data directory.
+    #[error("data directory {path} is locked by another process")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The log was closed.
+    #[error("log {dir} is closed")]
+    Closed {
+        /// The partition directory.
+        dir: PathBuf,
+    },
+}
+
+/// What is wrong with bytes found in a segment or index file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// A batch failed validation.
+    #[error("{0}")]
+    Batch(FormatError),
+    /// A batch header whose length or magic cannot be right.
+    #[error(
+        "batch header out of bounds: length {total_len}, magic {magic}, {available} bytes left"
+    )]
+    BadHeader {
+        /// `12 + batch_len` as read.
+        total_len: u64,
+        /// Magic byte as read.
+        magic: u8,
+        /// Bytes left in the segment from this position.
+        available: u64,
+    },
+    /// Offsets do not follow on from the previous batch.
+    #[error("offset gap: expected base offset {expected}, found {found}")]
+    OffsetGap {
+        /// The offset that should come next.
+        expected: u64,
+        /// The base offset found.
+        found: u64,
+    },
+    /// A segment file name that is not `{base_offset:020}.log`.
+    #[error("unexpected file name")]
+    FileName,
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn config(field: &'static str, value: impl ToString, reason: &'static str) -> Self {
+        Self::InvalidConfig {
+            field,
+            value: value.to_string(),
+            reason,
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Opening a log: find its segments, and make the last one whole before the log serves.
+//!
+//! After a clean close (the marker file is present) the active segment's files were cut to
+//! their lengths and synced, so the log end is found by walking batch headers from the last
+//! index entry. Otherwise the tail is recovered: the last index entry that points at a batch
+//! that passes every check is found (entries past it may be torn or stale), batches are walked
+//! and fully checked from there, and the segment is cut at the first one that fails — a torn
+//! tail, which can only hold writes that were never acknowledged as durable. Indexes are
+//! rebuilt for the walked part. Earlier segments were synced when they were sealed; their
+//! indexes are checked, and rebuilt if needed, when they are first opened (`segment.rs`).
+//! The marker is removed, durably, before the log accepts a write.
+
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::format::BatchView;
+use crate::index::{self, OFFSET_ENTRY_LEN, OffsetEntry, TIME_ENTRY_LEN, TimeEntry};
+use crate::log::{CLEAN_MARKER, Log, Writer, sync_dir};
+use crate::mmap::map_read_only;
+use crate::segment::{self, Segment};
+use crate::store::Shared;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens (creating if needed) the log in `dir`, recovering its tail if it was not closed
+/// cleanly.
+pub(crate) fn open_log(id: u64, dir: &Path, config: LogConfig, shared: Arc<Shared>) -> Result<Log> {
+    config.validate()?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let dir: Arc<Path> = Arc::from(dir);
+    let mut bases = Vec::new();
+    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &*dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", &*dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = segment::parse_log_name(name) {
+            bases.push(base);
+        } else if name.contains(".rebuild-") {
+            // A temporary index from an interrupted rebuild.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    bases.sort_unstable();
+    let marker = dir.join(CLEAN_MARKER);
+    let clean = marker.exists();
+
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
+    for (i, &base) in bases.iter().enumerate() {
+        let segment = Segment::new(Arc::clone(&dir), base);
+        if let Some(&next_base) = bases.get(i + 1) {
+            // Sealed: its length is its file's; its indexes are checked when first opened.
+            let path = segment.path("log");
+            let len = std::fs::metadata(&path)
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            segment.publish(len, next_base, 0, 0, i64::MIN);
+            segment.set_sealed();
+        }
+        segments.push(Arc::new(segment));
+    }
+    let now_ms = shared.clock.now_ms();
+    let writer = match segments.pop() {
+        Some(active) => recover_active(active, clean, &config)?,
+        None => {
+            let active = Segment::create(
+                Arc::clone(&dir),
+                0,
+                config.segment_bytes,
+                config.index_capacity(),
+            )?;
+            Writer::fresh(Arc::new(active), config.segment_bytes, now_ms)
+        }
+    };
+    segments.push(Arc::clone(&writer.active));
+    if clean {
+        std::fs::remove_file(&marker).map_err(|e| Error::io("unlink", &marker, e))?;
+    }
+    // The removed marker and any created segment must be on disk before the first write.
+    sync_dir(&dir)?;
+    Ok(Log::from_parts(id, dir, config, shared, segments, writer))
+}
+
+/// Makes the last segment whole and ready for appends; returns the appender's state.
+fn recover_active(active: Arc<Segment>, clean: bool, config: &LogConfig) -> Result<Writer> {
+    let log_path = active.path("log");
+    let log_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&log_path)
+        .map_err(|e| Error::io("open", &log_path, e))?;
+    let file_len = log_file
+        .metadata()
+        .map_err(|e| Error::io("stat", &log_path, e))?
+        .len();
+    let index_bytes = read_or_empty(&active.path("index"))?;
+    let time_bytes = read_or_empty(&active.path("timeindex"))?;
+    let log = map_read_only(&log_file, file_len).map_err(|e| Error::io("mmap", &log_path, e))?;
+
+    let index_count = index::valid_offset_prefix(&index_bytes, file_len);
+    let entry = |i: usize| index::offset_entry(&index_bytes, i);
+    let mut tail = None;
+    if clean && index_count > 0 {
+        // Trust the files; walk headers from the last entry to find the end.
+        let start = entry(index_count - 1);
+        let scan = segment::scan(
+            &log,
+            active.base_offset,
+            u64::from(start.position),
+            Some((active.base_offset + u64::from(start.relative_offset), start)),
+            config.index_interval_bytes,
+            false,
+        );
+        if scan.stop.is_none() && scan.valid_len == file_len {
+            tail = Some((index_count, scan));
+        }
+    }
+    let (kept, scan) = match tail {
+        Some(tail) => tail,
+        None => {
+            // Unclean: the last entry pointing at a fully valid batch with the right offset.
+            let kept = (0..index_count).rev().find(|&i| {
+                let e = entry(i);
+                let expected = active.base_offset + u64::from(e.relative_offset);
+                batch_at(&log, u64::from(e.position))
+                    .is_some_and(|view| view.base_offset() == expected)
+            });
+            let from = kept.map(|i| {
+                (
+                    active.base_offset + u64::from(entry(i).relative_offset),
+                    entry(i),
+                )
+            });
+            let start = from.map_or(0, |(_, e)| u64::from(e.position));
+            let scan = segment::scan(
+                &log,
+                active.base_offset,
+                start,
+                from,
+                config.index_interval_bytes,
+                true,
+            );
+            if let Some((position, corruption)) = &scan.stop {
+                tracing::warn!(
+                    segment = %log_path.display(),
+                    position,
+                    %corruption,
+                    dropped_bytes = file_len.saturating_sub(*position),
+                    "cut torn tail of active segment"
+                );
+            }
+            (kept.map_or(0, |i| i + 1), scan)
+        }
+    };
+    drop(log);
+
+    // Offset index: the kept entries, then those found by the walk.
+    let mut offsets: Vec<OffsetEntry> = (0..kept).map(entry).collect();
+    offsets.extend(scan.index.iter().copied());
+    // Time index: the kept entries that agree with the offset entries; the walked batches'
+    // append times are unknown, so they get the file's modification time, which is never
+    // earlier than the truth (a time search may start early, never late).
+    let span = scan.next_offset - active.base_offset;
+    let mut time_valid = index::valid_time_prefix(&time_bytes, span);
+    if !clean {
+        time_valid = time_valid.min(offsets.len());
+    }
+    let mut times: Vec<TimeEntry> = (0..time_valid)
+        .map(|i| index::time_entry(&time_bytes, i))
+        .collect();
+    let modified = segment::modified_ms(&log_path);
+    let floor_ms = times.last().map_or(i64::MIN, |t| t.append_ms);
+    let timed = times.last().map(|t| t.relative_offset);
+    for entry in &offsets {
+        if timed.is_none_or(|last| entry.relative_offset > last) {
+            times.push(TimeEntry {
+                append_ms: modified.max(floor_ms),
+                relative_offset: entry.relative_offset,
+            });
+        }
+    }
+    let last_append_ms = times.last().map_or(modified, |t| t.append_ms.max(floor_ms));
+    let first_append_ms = times.first().map(|t| t.append_ms);
+
+    // Cut the log at its valid end and zero what follows (re-extending a cut file reads as
+    // zeros), so no torn bytes remain to confuse a later recovery; then sync, so that what
+    // the log now serves is durable.
+    let capacity = config.segment_bytes.max(scan.valid_len);
+    let resize = |file: &File, path: &Path, len: u64, capacity: u64| -> Result<()> {
+        file.set_len(len)
+            .map_err(|e| Error::io("truncate", path, e))?;
+        file.set_len(capacity)
+            .map_err(|e| Error::io("preallocate", path, e))
+    };
+    if !clean || file_len != scan.valid_len {
+        resize(&log_file, &log_path, scan.valid_len, capacity)?;
+    } else {
+        log_file
+            .set_len(capacity)
+            .map_err(|e| Error::io("preallocate", &log_path, e))?;
+    }
+    log_file
+        .sync_data()
+        .map_err(|e| Error::io("fdatasync", &log_path, e))?;
+    drop(log_file);
+
+    let index_capacity = config.index_capacity().max(offsets.len() as u64 + 1);
+    rewrite_index(
+        &active.path("index"),
+        &encode(&offsets, OffsetEntry::encode),
+        index_capacity * OFFSET_ENTRY_LEN as u64,
+    )?;
+    rewrite_index(
+        &active.path("timeindex"),
+        &encode(&times, TimeEntry::encode),
+        (index_capacity + 1) * TIME_ENTRY_LEN as u64,
+    )?;
+    active.preallocate(capacity, index_capacity)?;
+
+    let mut writer = Writer::fresh(Arc::clone(&active), capacity, last_append_ms);
+    writer.position = scan.valid_len;
+    writer.next_offset = scan.next_offset;
+    writer.last_indexed = offsets.last().map(|e| u64::from(e.position));
+    writer.last_batch = scan.last_base;
+    writer.index_written = offsets.len() as u64;
+    writer.time_written = times.len() as u64;
+    writer.first_append_ms = if scan.valid_len > 0 {
+        first_append_ms
+    } else {
+        None
+    };
+    active.publish(
+        writer.position,
+        writer.next_offset,
+        writer.index_written,
+        writer.time_written,
+        writer.last_append_ms,
+    );
+    Ok(writer)
+}
+
+/// The whole batch at `position` if it passes every check.
+fn batch_at(log: &[u8], position: u64) -> Option<BatchView<'_>> {
+    let rest = log.get(position as usize..)?;
+    let prefix = crate::format::BatchPrefix::parse(rest)?;
+    let batch = rest.get(..usize::try_from(prefix.total_len).ok()?)?;
+    BatchView::new(batch, usize::MAX).ok()
+}
+
+fn read_or_empty(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+fn encode<T>(entries: &[T], put: fn(&T, &mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in entries {
+        put(entry, &mut out);
+    }
+    out
+}
+
+/// Replaces an index file's contents with `bytes` followed by zeros up to `capacity`.
+fn rewrite_index(path: &Path, bytes: &[u8], capacity: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    file.set_len(0)
+        .map_err(|e| Error::io("truncate", path, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| Error::io("write", path, e))?;
+    file.set_len(capacity.max(bytes.len() as u64))
+        .map_err(|e| Error::io("preallocate", path, e))?;
+    Ok(())
+}
