@@ -16,7 +16,7 @@ use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
 use crate::format::{BatchView, stamp_base_offset};
 use crate::index::{OFFSET_ENTRY_LEN, OffsetEntry, TIME_ENTRY_LEN, TimeEntry};
-use crate::segment::{Segment, SegmentFiles};
+use crate::segment::{CHECKPOINT, Checkpoint, Segment, SegmentFiles};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::Shared;
 use bytes::Bytes;
@@ -395,6 +395,13 @@ impl Log {
                 .map_err(|e| self.poison(Error::io("fsync", &path, e)))?;
         }
         self.publish(writer);
+        // A sealed segment is durable whole; its checkpoint says nothing more.
+        let checkpoint = active.path(CHECKPOINT);
+        match std::fs::remove_file(&checkpoint) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("unlink", checkpoint, e)),
+        }
         Ok(())
     }
 
@@ -472,7 +479,7 @@ impl Log {
     /// fdatasyncs the active segment; returns the offset it covers. Earlier segments were
     /// synced when they were sealed.
     fn sync_written(&self) -> Result<u64> {
-        let (snapshot, active, files) = {
+        let (snapshot, position, active, files) = {
             let mut writer = self.lock_writer();
             let active = Arc::clone(&writer.active);
             let files = self.write_files(&active)?;
@@ -480,13 +487,23 @@ impl Log {
             // writing them here keeps readers' index lookups short.
             self.write_pending_index(&mut writer, &files)?;
             self.publish(&writer);
-            (writer.next_offset, active, files)
+            (writer.next_offset, writer.position, active, files)
         };
         if let Some(handles) = &files.writer {
             handles
                 .log
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync", active.path("log"), e))?;
+            // Only now, with the bytes on disk, may the checkpoint say so. It is not synced:
+            // losing it only makes the next recovery scan further.
+            let checkpoint = Checkpoint {
+                position,
+                next_offset: snapshot,
+            };
+            handles
+                .checkpoint
+                .write_all_at(&checkpoint.encode(), 0)
+                .map_err(|e| Error::io("write", active.path(CHECKPOINT), e))?;
         }
         Ok(snapshot)
     }

@@ -12,11 +12,10 @@
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::format::BatchView;
 use crate::index::{self, OFFSET_ENTRY_LEN, OffsetEntry, TIME_ENTRY_LEN, TimeEntry};
 use crate::log::{CLEAN_MARKER, Log, Writer, sync_dir};
 use crate::mmap::map_read_only;
-use crate::segment::{self, Segment};
+use crate::segment::{self, CHECKPOINT, Checkpoint, ScanFrom, Segment};
 use crate::store::Shared;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -100,43 +99,44 @@ fn recover_active(active: Arc<Segment>, clean: bool, config: &LogConfig) -> Resu
 
     let index_count = index::valid_offset_prefix(&index_bytes, file_len);
     let entry = |i: usize| index::offset_entry(&index_bytes, i);
-    let mut tail = None;
+    let mut recovered = None;
     if clean && index_count > 0 {
-        // Trust the files; walk headers from the last entry to find the end.
-        let start = entry(index_count - 1);
+        // Closed cleanly: the files were cut to their lengths and synced; walk headers from
+        // the last entry to find the end.
+        let last = entry(index_count - 1);
+        let from = ScanFrom {
+            position: u64::from(last.position),
+            offset: active.base_offset + u64::from(last.relative_offset),
+            last_indexed: Some(u64::from(last.position)),
+            last_base: None,
+        };
         let scan = segment::scan(
             &log,
             active.base_offset,
-            u64::from(start.position),
-            Some((active.base_offset + u64::from(start.relative_offset), start)),
+            from,
             config.index_interval_bytes,
             false,
         );
         if scan.stop.is_none() && scan.valid_len == file_len {
-            tail = Some((index_count, scan));
+            recovered = Some(((0..index_count).map(entry).collect(), scan));
         }
     }
-    let (kept, scan) = match tail {
-        Some(tail) => tail,
+    let (offsets, scan): (Vec<OffsetEntry>, segment::Scan) = match recovered {
+        Some(recovered) => recovered,
         None => {
-            // Unclean: the last entry pointing at a fully valid batch with the right offset.
-            let kept = (0..index_count).rev().find(|&i| {
-                let e = entry(i);
-                let expected = active.base_offset + u64::from(e.relative_offset);
-                batch_at(&log, u64::from(e.position))
-                    .is_some_and(|view| view.base_offset() == expected)
-            });
-            let from = kept.map(|i| {
-                (
-                    active.base_offset + u64::from(entry(i).relative_offset),
-                    entry(i),
-                )
-            });
-            let start = from.map_or(0, |(_, e)| u64::from(e.position));
+            let checkpoint = std::fs::read(active.path(CHECKPOINT))
+                .ok()
+                .and_then(|bytes| Checkpoint::decode(&bytes))
+                .filter(|c| c.position <= file_len && c.next_offset >= active.base_offset);
+            let durable =
+                recover_durable(&log, &active, checkpoint, &index_bytes, index_count, config)
+                    .unwrap_or_else(|| (Vec::new(), ScanFrom::start(active.base_offset)));
+            let (mut offsets, from) = durable;
+            // Past the durable point every batch is checked in full; the first that fails
+            // is a torn write, cut with everything after it.
             let scan = segment::scan(
                 &log,
                 active.base_offset,
-                start,
                 from,
                 config.index_interval_bytes,
                 true,
@@ -146,18 +146,19 @@ fn recover_active(active: Arc<Segment>, clean: bool, config: &LogConfig) -> Resu
                     segment = %log_path.display(),
                     position,
                     %corruption,
-                    dropped_bytes = file_len.saturating_sub(*position),
                     "cut torn tail of active segment"
                 );
             }
-            (kept.map_or(0, |i| i + 1), scan)
+            offsets.extend(scan.index.iter().copied());
+            let scan = segment::Scan {
+                last_base: scan.last_base.or(from.last_base),
+                ..scan
+            };
+            (offsets, scan)
         }
     };
     drop(log);
 
-    // Offset index: the kept entries, then those found by the walk.
-    let mut offsets: Vec<OffsetEntry> = (0..kept).map(entry).collect();
-    offsets.extend(scan.index.iter().copied());
     // Time index: the kept entries that agree with the offset entries; the walked batches'
     // append times are unknown, so they get the file's modification time, which is never
     // earlier than the truth (a time search may start early, never late).
@@ -240,12 +241,73 @@ fn recover_active(active: Arc<Segment>, clean: bool, config: &LogConfig) -> Resu
     Ok(writer)
 }
 
-/// The whole batch at `position` if it passes every check.
-fn batch_at(log: &[u8], position: u64) -> Option<BatchView<'_>> {
-    let rest = log.get(position as usize..)?;
-    let prefix = crate::format::BatchPrefix::parse(rest)?;
-    let batch = rest.get(..usize::try_from(prefix.total_len).ok()?)?;
-    BatchView::new(batch, usize::MAX).ok()
+/// The index entries and walk state for the part of an unclean active segment that the
+/// checkpoint says is durable: index entries below the checkpoint that still land on the
+/// batches they name are kept, and batch headers are walked from the last of them to the
+/// checkpoint. `None` (scan the whole segment) if there is no checkpoint or the walk does not
+/// end exactly at it.
+fn recover_durable(
+    log: &[u8],
+    active: &Segment,
+    checkpoint: Option<Checkpoint>,
+    index_bytes: &[u8],
+    index_count: usize,
+    config: &LogConfig,
+) -> Option<(Vec<OffsetEntry>, ScanFrom)> {
+    let checkpoint = checkpoint?;
+    let entry = |i: usize| index::offset_entry(index_bytes, i);
+    let below = (0..index_count)
+        .take_while(|&i| u64::from(entry(i).position) < checkpoint.position)
+        .count();
+    let mut kept: Vec<OffsetEntry> = (0..below).map(entry).collect();
+    let lands = |e: &OffsetEntry| {
+        log.get(e.position as usize..)
+            .and_then(crate::format::BatchPrefix::parse)
+            .is_some_and(|p| {
+                p.base_offset == active.base_offset + u64::from(e.relative_offset)
+                    && p.magic == crate::format::MAGIC
+            })
+    };
+    if !kept.last().is_none_or(lands) {
+        kept.clear();
+    }
+    let from = match kept.last() {
+        Some(last) => ScanFrom {
+            position: u64::from(last.position),
+            offset: active.base_offset + u64::from(last.relative_offset),
+            last_indexed: Some(u64::from(last.position)),
+            last_base: None,
+        },
+        None => ScanFrom::start(active.base_offset),
+    };
+    let durable = log.get(..usize::try_from(checkpoint.position).ok()?)?;
+    let walk = segment::scan(
+        durable,
+        active.base_offset,
+        from,
+        config.index_interval_bytes,
+        false,
+    );
+    if walk.stop.is_some()
+        || walk.valid_len != checkpoint.position
+        || walk.next_offset != checkpoint.next_offset
+    {
+        tracing::warn!(
+            segment = %active.path("log").display(),
+            "durable checkpoint disagrees with the log; scanning the whole segment"
+        );
+        return None;
+    }
+    kept.extend(walk.index.iter().copied());
+    Some((
+        kept.clone(),
+        ScanFrom {
+            position: walk.valid_len,
+            offset: walk.next_offset,
+            last_indexed: kept.last().map(|e| u64::from(e.position)),
+            last_base: walk.last_base.or(from.last_base),
+        },
+    ))
 }
 
 fn read_or_empty(path: &Path) -> Result<Vec<u8>> {

@@ -65,12 +65,61 @@ pub(crate) struct SegmentFiles {
     pub writer: Option<WriteFiles>,
 }
 
+/// Extension of the active segment's durable-point checkpoint (see [`Checkpoint`]).
+pub(crate) const CHECKPOINT: &str = "durable";
+
 /// The active segment's files, opened for positioned writes.
 #[derive(Debug)]
 pub(crate) struct WriteFiles {
     pub log: File,
     pub index: File,
     pub time: File,
+    /// The `.durable` checkpoint, rewritten after each fdatasync.
+    pub checkpoint: File,
+}
+
+/// How far an active segment is known to be on disk: written (not synced) after each
+/// successful fdatasync, so it never claims more than is durable; if it is lost or torn,
+/// recovery falls back to an older one or to a scan of the whole segment.
+///
+/// ```text
+/// checkpoint = { u32 magic "SLDP" | u64 position | u64 next_offset | u32 crc }   (24 bytes)
+/// ```
+/// `crc` is CRC-32 of the 20 bytes before it. Bytes of the segment below `position`, holding
+/// offsets below `next_offset`, were fdatasynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub position: u64,
+    pub next_offset: u64,
+}
+
+impl Checkpoint {
+    const MAGIC: [u8; 4] = *b"SLDP";
+    pub(crate) const LEN: usize = 24;
+
+    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0..4].copy_from_slice(&Self::MAGIC);
+        out[4..12].copy_from_slice(&self.position.to_le_bytes());
+        out[12..20].copy_from_slice(&self.next_offset.to_le_bytes());
+        let crc = crc32fast::hash(&out[..20]);
+        out[20..24].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// `None` unless `bytes` is a whole checkpoint with a matching CRC.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes = bytes.get(..Self::LEN)?;
+        if bytes[0..4] != Self::MAGIC
+            || crate::format::read_u32(bytes, 20..24) != crc32fast::hash(&bytes[..20])
+        {
+            return None;
+        }
+        Some(Self {
+            position: crate::format::read_u64(bytes, 4..12),
+            next_offset: crate::format::read_u64(bytes, 12..20),
+        })
+    }
 }
 
 /// What walking a segment's batches found.
@@ -225,6 +274,13 @@ impl Segment {
         let (log_file, log) = open("log")?;
         let (index_file, index) = open("index")?;
         let (time_file, time) = open("timeindex")?;
+        let checkpoint_path = self.path(CHECKPOINT);
+        let checkpoint = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&checkpoint_path)
+            .map_err(|e| Error::io("open", &checkpoint_path, e))?;
         Ok(SegmentFiles {
             log,
             index,
@@ -233,6 +289,7 @@ impl Segment {
                 log: log_file,
                 index: index_file,
                 time: time_file,
+                checkpoint,
             }),
         })
     }
@@ -301,7 +358,13 @@ impl Segment {
     /// ones, so a search by time may start early but never skips a record).
     fn rebuild_indexes(&self, log: &Bytes, index_interval_bytes: u32) -> Result<(Bytes, Bytes)> {
         let log_path = self.path("log");
-        let scan = scan(log, self.base_offset, 0, None, index_interval_bytes, true);
+        let scan = scan(
+            log,
+            self.base_offset,
+            ScanFrom::start(self.base_offset),
+            index_interval_bytes,
+            true,
+        );
         if let Some((position, corruption)) = scan.stop {
             return Err(Error::Corrupt {
                 path: log_path,
@@ -351,7 +414,13 @@ impl Segment {
             std::process::id(),
             std::thread::current().id()
         ));
-        let mut file = File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|e| Error::io("create", &temp, e))?;
         file.write_all(bytes)
             .map_err(|e| Error::io("write", &temp, e))?;
         file.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
@@ -492,26 +561,45 @@ pub(crate) fn modified_ms(path: &Path) -> i64 {
     since.map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Walks the batches of `log` from `start` (a batch boundary holding `start_offset`, or the
-/// segment's base if `None`), checking each (CRC and records too if `verify`) and that offsets
-/// follow on, until the end, zero fill, or the first bad batch. Index entries are produced by
-/// the appender's rule: the first batch, then the first batch `index_interval_bytes` or more
-/// past the previous entry (`last_indexed` is the entry `start` continues from).
+/// Where a walk of a segment's batches starts: a batch boundary, the offset expected there,
+/// and the position of the index entry the walk continues from (for the indexing rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScanFrom {
+    pub position: u64,
+    pub offset: u64,
+    pub last_indexed: Option<u64>,
+    /// Base offset of the batch before `position`, if known (carried into [`Scan`]).
+    pub last_base: Option<u64>,
+}
+
+impl ScanFrom {
+    /// The start of a segment.
+    pub(crate) fn start(base_offset: u64) -> Self {
+        Self {
+            position: 0,
+            offset: base_offset,
+            last_indexed: None,
+            last_base: None,
+        }
+    }
+}
+
+/// Walks the batches of `log` from `from`, checking each (CRC and records too if `verify`)
+/// and that offsets follow on, until the end, zero fill, or the first bad batch. Index entries
+/// are produced by the appender's rule: the first batch of the segment, then the first batch
+/// `index_interval_bytes` or more past the previous entry.
 pub(crate) fn scan(
     log: &[u8],
     base_offset: u64,
-    start: u64,
-    from: Option<(u64, OffsetEntry)>,
+    from: ScanFrom,
     index_interval_bytes: u32,
     verify: bool,
 ) -> Scan {
-    let (mut expected, mut last_indexed) = match from {
-        Some((offset, entry)) => (offset, Some(u64::from(entry.position))),
-        None => (base_offset, None),
-    };
-    let mut position = start;
+    let mut expected = from.offset;
+    let mut last_indexed = from.last_indexed;
+    let mut position = from.position;
     let mut index = Vec::new();
-    let mut last_base = None;
+    let mut last_base = from.last_base;
     let end = log.len() as u64;
     let stop = loop {
         let rest = log.get(position as usize..).unwrap_or_default();
