@@ -698,7 +698,16 @@ impl Log {
         self.config.durability
     }
 
-    pub(crate) fn forget_files(&self) {
+    /// Whether [`close`](Self::close) ran.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Log {
+    /// Releases the log's cached files. Dropping without [`Log::close`] is like a crash: the
+    /// next open recovers the tail.
+    fn drop(&mut self) {
         self.shared.cache.remove_log(self.id);
     }
 }

@@ -129,8 +129,22 @@ impl Store {
         }
         let dir = self.root.join(relative);
         let mut logs = self.lock_logs();
-        if logs.get(&dir).is_some_and(|log| log.strong_count() > 0) {
+        if logs
+            .get(&dir)
+            .and_then(Weak::upgrade)
+            .is_some_and(|log| !log.is_closed())
+        {
             return Err(Error::config("log name", name, "is already open"));
+        }
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+            // Make the new directory entries durable, from the log's parent up to the root.
+            for ancestor in dir.ancestors().skip(1) {
+                crate::log::sync_dir(ancestor)?;
+                if ancestor == self.root {
+                    break;
+                }
+            }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let log = Arc::new(crate::recovery::open_log(
@@ -186,9 +200,6 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.stop_flusher();
-        for log in self.lock_logs().values().filter_map(Weak::upgrade) {
-            log.forget_files();
-        }
     }
 }
 
@@ -213,8 +224,8 @@ fn run_flusher(logs: &Mutex<HashMap<PathBuf, Weak<Log>>>, stop: &(Mutex<bool>, C
         for (log, every) in &interval_logs {
             let last = *last_sync.entry(log.dir().to_path_buf()).or_insert(now);
             if now.duration_since(last) >= *every {
-                if log.log_end_offset() > 0
-                    && !log.is_poisoned()
+                if !log.is_poisoned()
+                    && !log.is_closed()
                     && let Err(error) = log.flush()
                 {
                     tracing::error!(dir = %log.dir().display(), %error, "interval flush failed");
@@ -225,6 +236,7 @@ fn run_flusher(logs: &Mutex<HashMap<PathBuf, Weak<Log>>>, stop: &(Mutex<bool>, C
                 next_due = next_due.min(last + *every);
             }
         }
+        last_sync.retain(|dir, _| interval_logs.iter().any(|(log, _)| log.dir() == dir));
         drop(interval_logs);
         let guard = flag.lock().unwrap_or_else(|p| p.into_inner());
         if *guard {

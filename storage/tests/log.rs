@@ -267,3 +267,106 @@ fn store_is_locked_and_names_are_checked() {
         Err(Error::InvalidConfig { .. })
     ));
 }
+
+#[test]
+fn rolls_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, now) = Clock::manual(1_000);
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            clock,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let config = LogConfig {
+        segment_age: std::time::Duration::from_secs(10),
+        ..small_config(Durability::Never)
+    };
+    let log = store.open_log("t/0", config).unwrap();
+    log.append(&mut batch(0, 1, 10, 1)).unwrap();
+    now.store(10_999, std::sync::atomic::Ordering::Relaxed);
+    log.append(&mut batch(1, 1, 10, 1)).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    now.store(11_000, std::sync::atomic::Ordering::Relaxed);
+    log.append(&mut batch(2, 1, 10, 1)).unwrap();
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(log.stats().rolled_segments, 1);
+    // The new segment starts at the offset of the batch that rolled it.
+    assert!(dir.path().join(format!("t/0/{:020}.log", 2)).exists());
+    // Its files were cut to their lengths.
+    let sealed = std::fs::metadata(dir.path().join(format!("t/0/{:020}.log", 0))).unwrap();
+    assert_eq!(sealed.len(), (batch(0, 1, 10, 1).len() * 2) as u64);
+}
+
+#[test]
+fn interval_durability_is_synced_by_the_flusher() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let config = small_config(Durability::Interval(std::time::Duration::from_millis(5)));
+    let log = store.open_log("t/0", config).unwrap();
+    log.append(&mut batch(0, 3, 10, 1)).unwrap();
+    // Readable at once.
+    assert_eq!(log.high_watermark(), 3);
+    // The store's flusher syncs within a few intervals (bounded wait, no fixed sleep).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.stats().syncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "flusher never synced");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn readers_run_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let config = LogConfig {
+        segment_bytes: 32 * 1024,
+        index_interval_bytes: 512,
+        max_batch_bytes: 8 * 1024,
+        ..small_config(Durability::Always)
+    };
+    let log = store.open_log("t/0", config).unwrap();
+    const BATCHES: u64 = 600;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|r| {
+            let log = log.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut offset = 0u64;
+                let mut seen = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire)
+                    || offset < log.high_watermark()
+                {
+                    let read = log.read(offset, 2048 + r * 1024).unwrap();
+                    assert!(read.high_watermark >= offset);
+                    for (o, value) in records(&read.batches) {
+                        // Every record is the one written at that offset, in order.
+                        assert_eq!(o, offset, "reader {r}");
+                        let tag = o / 2;
+                        let i = o % 2;
+                        assert!(value.starts_with(format!("value-{tag}-{i}-").as_bytes()));
+                        offset += 1;
+                        seen += 1;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    for tag in 0..BATCHES {
+        log.append(&mut batch(tag, 2, 100, 1)).unwrap();
+        if tag % 5 == 0 {
+            log.flush().unwrap();
+        }
+    }
+    log.flush().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), BATCHES * 2);
+    }
+    assert!(log.segment_count() > 3);
+}

@@ -9,10 +9,12 @@
 pub const MAX_LEN: usize = 10;
 
 /// Maps signed to unsigned so that small magnitudes of either sign encode short.
+#[inline(always)]
 const fn zigzag(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
 
+#[inline(always)]
 const fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
@@ -43,6 +45,7 @@ pub enum VarintError {
 }
 
 /// Reads one zig-zag varint from the start of `buf`; returns the value and the bytes it took.
+#[inline(always)]
 pub fn decode(buf: &[u8]) -> Result<(i64, usize), VarintError> {
     let mut value: u64 = 0;
     for (index, &byte) in buf.iter().take(MAX_LEN).enumerate() {

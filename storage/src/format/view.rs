@@ -275,6 +275,7 @@ pub struct Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = Record<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Record<'a>> {
         if self.position >= self.buf.len() {
             return None;
@@ -306,6 +307,7 @@ pub struct HeaderIter<'a> {
 }
 
 impl<'a> HeaderIter<'a> {
+    #[inline]
     fn next_checked(&mut self) -> Result<Option<Header<'a>>, RecordProblem> {
         if self.remaining == 0 {
             return Ok(None);
@@ -326,6 +328,7 @@ impl<'a> HeaderIter<'a> {
 impl<'a> Iterator for HeaderIter<'a> {
     type Item = Header<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Header<'a>> {
         match self.next_checked() {
             Ok(header) => header,
@@ -345,6 +348,7 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    #[inline(always)]
     fn varint(&mut self) -> Result<i64, RecordProblem> {
         let rest = self.buf.get(self.position..).unwrap_or_default();
         let (value, used) = varint::decode(rest).map_err(|_| RecordProblem::BadVarint)?;
@@ -352,6 +356,7 @@ impl<'a> Cursor<'a> {
         Ok(value)
     }
 
+    #[inline(always)]
     fn byte(&mut self) -> Result<u8, RecordProblem> {
         let byte = *self
             .buf
@@ -362,6 +367,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A length-prefixed byte string; −1 is null.
+    #[inline(always)]
     fn bytes(&mut self) -> Result<Option<&'a [u8]>, RecordProblem> {
         let len = self.varint()?;
         if len == -1 {
@@ -381,6 +387,7 @@ impl<'a> Cursor<'a> {
 
 /// Decodes the record at `position` of `batch`; returns it and the position of the next one.
 /// Headers are left undecoded (a slice and a count).
+#[inline]
 fn decode_record(
     batch: &[u8],
     position: usize,
