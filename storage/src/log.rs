@@ -480,13 +480,11 @@ impl Log {
     /// synced when they were sealed.
     fn sync_written(&self) -> Result<u64> {
         let (snapshot, position, active, files) = {
-            let mut writer = self.lock_writer();
+            // Index entries stay buffered: they need no sync (recovery checks and rebuilds
+            // them), and writing them here would cost two syscalls per group commit.
+            let writer = self.lock_writer();
             let active = Arc::clone(&writer.active);
             let files = self.write_files(&active)?;
-            // Index entries need no sync (they are checked and rebuilt on recovery), but
-            // writing them here keeps readers' index lookups short.
-            self.write_pending_index(&mut writer, &files)?;
-            self.publish(&writer);
             (writer.next_offset, writer.position, active, files)
         };
         if let Some(handles) = &files.writer {

@@ -137,11 +137,18 @@ impl Store {
             return Err(Error::config("log name", name, "is already open"));
         }
         if !dir.exists() {
+            // Every directory that gains an entry must be fsynced for the entry to survive a
+            // crash: the deepest one that existed, and each new one above the log's own
+            // (which open_log syncs).
+            let existing = dir
+                .ancestors()
+                .find(|a| a.exists())
+                .unwrap_or(&self.root)
+                .to_path_buf();
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-            // Make the new directory entries durable, from the log's parent up to the root.
             for ancestor in dir.ancestors().skip(1) {
                 crate::log::sync_dir(ancestor)?;
-                if ancestor == self.root {
+                if ancestor == existing {
                     break;
                 }
             }

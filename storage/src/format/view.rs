@@ -13,14 +13,34 @@ use super::{
 /// `last_offset_delta`, then walks every record: well-formed varints and lengths, offset deltas
 /// `0..n`, UTF-8 header keys, `record_count` agreeing with the records walked, and
 /// `max_timestamp` agreeing with the records. The first failed check is the error.
+///
+/// [`BatchView::with_checksum`] runs the same checks but the record walk: for batches a broker
+/// already checked in full (fetched batches), whose CRC proves they are those bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchView<'a> {
     buf: &'a [u8],
+    /// Whether every record was walked and found well-formed.
+    records_checked: bool,
 }
 
 impl<'a> BatchView<'a> {
-    /// Checks `buf` as exactly one batch of at most `max_batch_bytes` bytes.
+    /// Checks `buf` as exactly one batch of at most `max_batch_bytes` bytes: every check.
     pub fn new(buf: &'a [u8], max_batch_bytes: usize) -> Result<Self, FormatError> {
+        let mut view = Self::check_header(buf, max_batch_bytes)?;
+        view.check_records()?;
+        view.records_checked = true;
+        Ok(view)
+    }
+
+    /// Checks the header and the CRC of `buf` but does not walk its records: the consumer's
+    /// check of a batch that the broker validated in full on produce. Iterating the records of
+    /// such a view never panics; should a record be malformed after all (a broker that did not
+    /// validate), iteration ends there and [`Records::error`] says why.
+    pub fn with_checksum(buf: &'a [u8]) -> Result<Self, FormatError> {
+        Self::check_header(buf, usize::MAX)
+    }
+
+    fn check_header(buf: &'a [u8], max_batch_bytes: usize) -> Result<Self, FormatError> {
         if buf.len() < HEADER_LEN {
             return Err(FormatError::TooShort { len: buf.len() });
         }
@@ -37,7 +57,10 @@ impl<'a> BatchView<'a> {
                 max: max_batch_bytes as u64,
             });
         }
-        let view = Self { buf };
+        let view = Self {
+            buf,
+            records_checked: false,
+        };
         if view.magic() != MAGIC {
             return Err(FormatError::BadMagic {
                 found: view.magic(),
@@ -65,7 +88,6 @@ impl<'a> BatchView<'a> {
                 record_count,
             });
         }
-        view.check_records()?;
         Ok(view)
     }
 
@@ -224,6 +246,9 @@ impl<'a> BatchView<'a> {
             position: HEADER_LEN,
             base_offset: self.base_offset(),
             first_timestamp: self.first_timestamp(),
+            checked: self.records_checked,
+            index: 0,
+            error: None,
         }
     }
 }
@@ -246,6 +271,7 @@ pub struct Record<'a> {
     header_count: u64,
     header_bytes: &'a [u8],
     raw_offset_delta: i64,
+    checked: bool,
 }
 
 impl<'a> Record<'a> {
@@ -254,6 +280,7 @@ impl<'a> Record<'a> {
         HeaderIter {
             rest: self.header_bytes,
             remaining: self.header_count,
+            checked: self.checked,
         }
     }
 
@@ -270,6 +297,17 @@ pub struct Records<'a> {
     position: usize,
     base_offset: u64,
     first_timestamp: i64,
+    checked: bool,
+    index: u32,
+    error: Option<FormatError>,
+}
+
+impl Records<'_> {
+    /// Why iteration ended early, if it did: only possible for a view made by
+    /// [`BatchView::with_checksum`] over a batch with a malformed record.
+    pub fn error(&self) -> Option<&FormatError> {
+        self.error.as_ref()
+    }
 }
 
 impl<'a> Iterator for Records<'a> {
@@ -283,15 +321,24 @@ impl<'a> Iterator for Records<'a> {
         match decode_record(self.buf, self.position, self.first_timestamp) {
             Ok((mut record, next)) => {
                 self.position = next;
+                self.index = self.index.saturating_add(1);
                 record.offset = self
                     .base_offset
                     .saturating_add(u64::from(record.offset_delta));
+                record.checked = self.checked;
                 Some(record)
             }
-            Err(_) => {
-                // BatchView::new walked every record, so this is unreachable; stop rather than
-                // panic if it ever is.
-                debug_assert!(false, "record of a validated batch failed to decode");
+            Err(problem) => {
+                // After BatchView::new this is unreachable; stop rather than panic if it is.
+                debug_assert!(
+                    !self.checked,
+                    "record of a validated batch failed to decode"
+                );
+                self.error = Some(FormatError::Record {
+                    index: self.index,
+                    position: self.position,
+                    problem,
+                });
                 self.position = self.buf.len();
                 None
             }
@@ -304,6 +351,7 @@ impl<'a> Iterator for Records<'a> {
 pub struct HeaderIter<'a> {
     rest: &'a [u8],
     remaining: u64,
+    checked: bool,
 }
 
 impl<'a> HeaderIter<'a> {
@@ -333,7 +381,10 @@ impl<'a> Iterator for HeaderIter<'a> {
         match self.next_checked() {
             Ok(header) => header,
             Err(_) => {
-                debug_assert!(false, "header of a validated batch failed to decode");
+                debug_assert!(
+                    !self.checked,
+                    "header of a validated batch failed to decode"
+                );
                 self.remaining = 0;
                 None
             }
@@ -430,6 +481,7 @@ fn decode_record(
             header_count,
             header_bytes,
             raw_offset_delta,
+            checked: true,
         },
         end,
     ))
