@@ -22,6 +22,6 @@ mod store;
 
 pub use config::{Durability, LogConfig, StoreConfig};
 pub use error::{Corruption, Error, Result};
-pub use log::{AppendInfo, Log, ReadResult};
+pub use log::{AppendInfo, HighWatermarkListener, Log, ReadResult};
 pub use stats::StatsSnapshot;
 pub use store::Store;

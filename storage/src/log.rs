@@ -23,7 +23,7 @@ use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
 /// Index entries buffered by the appender before one write to the index files.
 const PENDING_INDEX_ENTRIES: usize = 32;
@@ -73,7 +73,21 @@ pub struct Log {
     poisoned: AtomicBool,
     closed: AtomicBool,
     stats: Stats,
+    /// Called with the new high watermark each time it advances (see `on_high_watermark`).
+    listener: OnceLock<Listener>,
 }
+
+/// The registered listener (a newtype, so the log can derive `Debug`).
+struct Listener(HighWatermarkListener);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listener")
+    }
+}
+
+/// A callback run with the new high watermark each time it advances.
+pub type HighWatermarkListener = Box<dyn Fn(u64) + Send + Sync>;
 
 /// The appender's state; only the holder of `Log::writer` touches it.
 #[derive(Debug)]
@@ -135,6 +149,7 @@ impl Log {
             poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stats: Stats::default(),
+            listener: OnceLock::new(),
         }
     }
 
@@ -306,8 +321,11 @@ impl Log {
         if writer.pending_index.len() >= PENDING_INDEX_ENTRIES * OFFSET_ENTRY_LEN {
             self.write_pending_index(&mut writer, &files)?;
         }
-        self.publish(&writer);
+        let advanced = self.publish(&writer);
         drop(writer);
+        if advanced {
+            self.notify_listener();
+        }
         Stats::add(&self.stats.appended_batches, 1);
         Stats::add(&self.stats.appended_records, record_count);
         Stats::add(&self.stats.appended_bytes, len);
@@ -318,8 +336,9 @@ impl Log {
         })
     }
 
-    /// Makes the writer's state visible to readers.
-    fn publish(&self, writer: &Writer) {
+    /// Makes the writer's state visible to readers; returns whether the high watermark moved
+    /// (the caller tells the listener once it released its locks).
+    fn publish(&self, writer: &Writer) -> bool {
         writer.active.publish(
             writer.position,
             writer.next_offset,
@@ -328,10 +347,28 @@ impl Log {
             writer.last_append_ms,
         );
         self.log_end.store(writer.next_offset, Ordering::Release);
-        if self.config.durability != Durability::Always {
-            self.high_watermark
-                .store(writer.next_offset, Ordering::Release);
+        self.config.durability != Durability::Always
+            && self.advance_high_watermark(writer.next_offset)
+    }
+
+    /// Moves the high watermark forward to `to`, never back; returns whether it moved.
+    fn advance_high_watermark(&self, to: u64) -> bool {
+        self.high_watermark.fetch_max(to, Ordering::AcqRel) < to
+    }
+
+    /// Tells the listener, if any, the current high watermark. Called with no lock held.
+    fn notify_listener(&self) {
+        if let Some(Listener(listener)) = self.listener.get() {
+            listener(self.high_watermark());
         }
+    }
+
+    /// Registers the callback run (on the thread that advanced it: an appender or a flusher,
+    /// never under a lock) with the new high watermark each time it advances, so an async
+    /// caller can wake long polls without polling. One listener per log; returns `false` if
+    /// one was already set. The callback must be cheap and must not call back into the log.
+    pub fn on_high_watermark(&self, listener: HighWatermarkListener) -> bool {
+        self.listener.set(Listener(listener)).is_ok()
     }
 
     /// Writes the buffered index entries to the active segment's index files.
@@ -460,19 +497,24 @@ impl Log {
         let result = self.sync_written();
         let mut state = self.lock_sync();
         state.syncing = false;
+        let mut advanced = false;
         let outcome = match result {
             Ok(synced) => {
                 state.durable = state.durable.max(synced);
-                if self.config.durability == Durability::Always {
-                    self.high_watermark
-                        .fetch_max(state.durable, Ordering::AcqRel);
-                }
+                // Under the lock, so a waiter that sees its offset durable also sees it
+                // readable.
+                advanced = self.config.durability == Durability::Always
+                    && self.advance_high_watermark(state.durable);
                 Stats::add(&self.stats.syncs, 1);
                 Ok(state.durable)
             }
             Err(error) => Err(self.poison(error)),
         };
+        drop(state);
         self.synced.notify_all();
+        if advanced {
+            self.notify_listener();
+        }
         outcome
     }
 

@@ -370,3 +370,27 @@ fn readers_run_beside_the_writer() {
     }
     assert!(log.segment_count() > 3);
 }
+
+#[test]
+fn listener_hears_every_high_watermark_advance() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    for durability in [Durability::Never, Durability::Always] {
+        let log = store
+            .open_log(&format!("t/{durability:?}"), small_config(durability))
+            .unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        assert!(log.on_high_watermark(Box::new(move |hw| sink.lock().unwrap().push(hw))));
+        assert!(!log.on_high_watermark(Box::new(|_| {})), "one listener per log");
+        log.append(&mut batch(0, 2, 10, 1)).unwrap();
+        log.append(&mut batch(1, 3, 10, 1)).unwrap();
+        log.flush().unwrap();
+        let expected = match durability {
+            Durability::Always => vec![5],
+            _ => vec![2, 5],
+        };
+        assert_eq!(*heard.lock().unwrap(), expected, "{durability:?}");
+    }
+}
