@@ -506,19 +506,28 @@ impl Segment {
         time_ms: i64,
         limit: u64,
     ) -> Result<Option<u64>> {
-        let times = self.time_entries.load(Ordering::Acquire) as usize;
-        let (start_offset, stop_offset) = match index::last_before_time(&files.time, times, time_ms)
-        {
-            // Even the first batch was appended at or after time_ms.
-            None => return Ok(Some(self.base_offset).filter(|&o| o < limit)),
-            Some(i) => {
-                let start = index::time_entry(&files.time, i);
-                let stop = (i + 1 < index::time_count(&files.time, times))
-                    .then(|| index::time_entry(&files.time, i + 1));
-                (
-                    self.base_offset + u64::from(start.relative_offset),
-                    stop.map(|entry| self.base_offset + u64::from(entry.relative_offset)),
-                )
+        let times = index::time_count(
+            &files.time,
+            self.time_entries.load(Ordering::Acquire) as usize,
+        );
+        // (first batch to consider, whether that batch is known to be too old, next indexed
+        // batch known to be appended at or after time_ms)
+        let (start_offset, skip_start, stop_offset) = if times == 0 {
+            // No entry readable yet (the appender buffers them): every batch is a candidate.
+            (self.base_offset, false, None)
+        } else {
+            match index::last_before_time(&files.time, times, time_ms) {
+                // The first entry, which is the segment's first batch, is at or after time_ms.
+                None => return Ok(Some(self.base_offset).filter(|&o| o < limit)),
+                Some(i) => {
+                    let start = index::time_entry(&files.time, i);
+                    let stop = (i + 1 < times).then(|| index::time_entry(&files.time, i + 1));
+                    (
+                        self.base_offset + u64::from(start.relative_offset),
+                        true,
+                        stop.map(|entry| self.base_offset + u64::from(entry.relative_offset)),
+                    )
+                }
             }
         };
         // Batches after the entry were appended in [entry time, next entry time]; among them
@@ -534,7 +543,8 @@ impl Segment {
                 return Ok(None);
             }
             if stop_offset.is_some_and(|stop| prefix.base_offset >= stop)
-                || (prefix.base_offset > start_offset && prefix.max_timestamp >= time_ms)
+                || ((!skip_start || prefix.base_offset > start_offset)
+                    && prefix.max_timestamp >= time_ms)
             {
                 return Ok(Some(prefix.base_offset));
             }

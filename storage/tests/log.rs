@@ -383,7 +383,10 @@ fn listener_hears_every_high_watermark_advance() {
         let heard = Arc::new(Mutex::new(Vec::new()));
         let sink = heard.clone();
         assert!(log.on_high_watermark(Box::new(move |hw| sink.lock().unwrap().push(hw))));
-        assert!(!log.on_high_watermark(Box::new(|_| {})), "one listener per log");
+        assert!(
+            !log.on_high_watermark(Box::new(|_| {})),
+            "one listener per log"
+        );
         log.append(&mut batch(0, 2, 10, 1)).unwrap();
         log.append(&mut batch(1, 3, 10, 1)).unwrap();
         log.flush().unwrap();
@@ -393,4 +396,31 @@ fn listener_hears_every_high_watermark_advance() {
         };
         assert_eq!(*heard.lock().unwrap(), expected, "{durability:?}");
     }
+}
+
+#[test]
+fn offset_for_time_before_index_entries_are_written() {
+    // Entries are buffered: with two small batches none is readable yet, and the search must
+    // still tell the batches apart by their timestamps.
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, now) = Clock::manual(100);
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            clock,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let log = store
+        .open_log("t/0", small_config(Durability::Never))
+        .unwrap();
+    log.append(&mut batch(0, 3, 10, 100)).unwrap();
+    now.store(200, std::sync::atomic::Ordering::Relaxed);
+    log.append(&mut batch(1, 2, 10, 200)).unwrap();
+    assert_eq!(log.offset_for_time(50).unwrap(), Some(0));
+    assert_eq!(log.offset_for_time(150).unwrap(), Some(3));
+    assert_eq!(log.offset_for_time(200).unwrap(), Some(3));
+    // Nothing was appended after 200 ms (broker time), whatever the records' own clocks say.
+    assert_eq!(log.offset_for_time(201).unwrap(), None);
 }

@@ -40,6 +40,9 @@ mod builder;
 pub mod varint;
 mod view;
 
+#[cfg(test)]
+mod tests;
+
 pub use builder::BatchBuilder;
 pub use view::{BatchView, HeaderIter, Record, Records};
 

@@ -2,8 +2,9 @@
 //!
 //! `encode(v)` writes `zigzag(v)` seven bits at a time, low bits first, the high bit of each byte
 //! saying "more follows". An `i64` takes 1–10 bytes. Decoding rejects encodings longer than 10
-//! bytes and a 10th byte with bits beyond the 64th set, so every value has at most one reading
-//! that this decoder accepts as in range.
+//! bytes and a 10th byte with bits beyond the 64th set, so no encoding overflows. Like Kafka's
+//! decoder it accepts non-minimal encodings (`[0x80, 0x00]` is 0): the CRC, not the varint
+//! form, is what pins a batch's bytes.
 
 /// Longest encoding of an `i64`.
 pub const MAX_LEN: usize = 10;

@@ -116,7 +116,9 @@ impl<'a> BatchView<'a> {
             for _ in 0..record.header_count {
                 match headers.next_checked() {
                     Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => return Err(record_error(RecordProblem::BadHeaderKey)),
+                    // Fewer headers than header_count: the next one's varint is missing.
+                    Ok(None) => return Err(record_error(RecordProblem::BadVarint)),
+                    Err(problem) => return Err(record_error(problem)),
                 }
             }
             if !headers.rest.is_empty() {
