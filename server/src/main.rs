@@ -1,25 +1,145 @@
-//! `sluice`: the broker and its command-line tool.
+//! `sluice`: the broker (`sluice serve`) and its command-line tools.
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sluice_server::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
-fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
-    match command.as_deref() {
-        Some("serve") => {
-            eprintln!(
-                "sluice serve: not yet — the broker lands with issue #4; \
-                 the storage engine (sluice-storage) is usable as a library today"
-            );
-            ExitCode::from(2)
+/// Sluice: a streaming log and job queue.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker: a local data directory, gRPC and HTTP on loopback by default.
+    Serve(ServeArgs),
+}
+
+/// Flags override `SLUICE_*` environment variables, which override the config file, which
+/// overrides the defaults.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file (fields as in `Config`).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./sluice-data].
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070].
+    #[arg(long, env = "SLUICE_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address for /healthz [default: 127.0.0.1:7071].
+    #[arg(long, env = "SLUICE_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Segment files and maps open at once [default: 1024].
+    #[arg(long, env = "SLUICE_MAX_OPEN_SEGMENTS")]
+    max_open_segments: Option<usize>,
+    /// Largest gRPC message, bytes [default: 16 MiB].
+    #[arg(long, env = "SLUICE_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Produce bytes in flight per partition [default: 64 MiB].
+    #[arg(long, env = "SLUICE_MAX_INFLIGHT_BYTES_PER_PARTITION")]
+    max_inflight_bytes_per_partition: Option<u32>,
+    /// Produce bytes in flight per connection [default: 64 MiB].
+    #[arg(long, env = "SLUICE_MAX_INFLIGHT_BYTES_PER_CONNECTION")]
+    max_inflight_bytes_per_connection: Option<u32>,
+    /// Produce bytes in flight in the whole broker [default: 256 MiB].
+    #[arg(long, env = "SLUICE_MAX_INFLIGHT_BYTES")]
+    max_inflight_bytes: Option<u32>,
+    /// Retry hint sent with RESOURCE_EXHAUSTED, ms [default: 50].
+    #[arg(long, env = "SLUICE_RETRY_AFTER_MS")]
+    retry_after_ms: Option<u32>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                Config::from_toml(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(if let Some(value) = self.$field { config.$field = value; })*};
         }
-        Some("--version") | Some("-V") => {
-            println!("sluice {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("usage: sluice serve | sluice --version");
-            ExitCode::from(2)
+        set!(
+            data_dir,
+            grpc_addr,
+            http_addr,
+            max_open_segments,
+            max_message_bytes,
+            max_inflight_bytes_per_partition,
+            max_inflight_bytes_per_connection,
+            max_inflight_bytes,
+            retry_after_ms
+        );
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the broker");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
         }
     }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received");
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
+    sluice_server::run(config, grpc, http, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    })
 }

@@ -1,0 +1,189 @@
+//! The broker's configuration: defaults, an optional TOML file, `SLUICE_*` environment
+//! variables and flags, in rising precedence (design.md §4). Every field documents its default
+//! and bounds; [`Config::validate`] rejects values out of bounds, naming field and value.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything `sluice serve` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory (locked while the broker runs). Default `./sluice-data`.
+    pub data_dir: PathBuf,
+    /// gRPC listen address. Default `127.0.0.1:7070`.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (`/healthz`). Default `127.0.0.1:7071`.
+    pub http_addr: SocketAddr,
+    /// Segment files and maps open at once across all partitions. Default 1024; ≥ 2.
+    pub max_open_segments: usize,
+    /// Largest gRPC message accepted or sent, bytes. Default 16 MiB; 1 MiB ..= 256 MiB.
+    pub max_message_bytes: usize,
+    /// Produce bytes accepted but not yet acknowledged, per partition. Default 64 MiB;
+    /// 64 KiB ..= 4 GiB − 1 (and at least the largest batch a topic accepts).
+    pub max_inflight_bytes_per_partition: u32,
+    /// Produce bytes accepted but not yet acknowledged, per client connection. Default 64 MiB;
+    /// 64 KiB ..= 4 GiB − 1.
+    pub max_inflight_bytes_per_connection: u32,
+    /// Produce bytes accepted but not yet acknowledged, whole broker: the bound on memory held
+    /// for produce requests. Default 256 MiB; 64 KiB ..= 4 GiB − 1.
+    pub max_inflight_bytes: u32,
+    /// Concurrent requests (HTTP/2 streams) per connection. Default 256; 1 ..= 65536.
+    pub max_concurrent_streams: u32,
+    /// The retry hint sent with `RESOURCE_EXHAUSTED`, ms. Default 50; 1 ..= 60000.
+    pub retry_after_ms: u32,
+    /// Longest long poll a Fetch may ask for, ms. Default 30000; 0 ..= 300000.
+    pub max_fetch_wait_ms: u32,
+    /// How often retention runs over all partitions, ms. Default 30000; 100 ..= 86400000.
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./sluice-data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            max_open_segments: 1024,
+            max_message_bytes: 16 << 20,
+            max_inflight_bytes_per_partition: 64 << 20,
+            max_inflight_bytes_per_connection: 64 << 20,
+            max_inflight_bytes: 256 << 20,
+            max_concurrent_streams: 256,
+            retry_after_ms: 50,
+            max_fetch_wait_ms: 30_000,
+            retention_check_interval_ms: 30_000,
+        }
+    }
+}
+
+/// A configuration value out of its bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config {field} = {value}: {reason}")]
+pub struct ConfigError {
+    /// The field.
+    pub field: &'static str,
+    /// The value given.
+    pub value: String,
+    /// The bound it broke.
+    pub reason: &'static str,
+}
+
+fn check<T: PartialOrd + ToString>(
+    field: &'static str,
+    value: T,
+    low: T,
+    high: T,
+    reason: &'static str,
+) -> Result<(), ConfigError> {
+    if value < low || value > high {
+        return Err(ConfigError {
+            field,
+            value: value.to_string(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks every field against its bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const KIB64: u32 = 64 << 10;
+        check(
+            "max_open_segments",
+            self.max_open_segments,
+            2,
+            usize::MAX,
+            "must be at least 2",
+        )?;
+        check(
+            "max_message_bytes",
+            self.max_message_bytes,
+            1 << 20,
+            256 << 20,
+            "must be within 1 MiB..=256 MiB",
+        )?;
+        for (field, value) in [
+            (
+                "max_inflight_bytes_per_partition",
+                self.max_inflight_bytes_per_partition,
+            ),
+            (
+                "max_inflight_bytes_per_connection",
+                self.max_inflight_bytes_per_connection,
+            ),
+            ("max_inflight_bytes", self.max_inflight_bytes),
+        ] {
+            check(field, value, KIB64, u32::MAX, "must be at least 64 KiB")?;
+        }
+        check(
+            "max_concurrent_streams",
+            self.max_concurrent_streams,
+            1,
+            65_536,
+            "must be within 1..=65536",
+        )?;
+        check(
+            "retry_after_ms",
+            self.retry_after_ms,
+            1,
+            60_000,
+            "must be within 1..=60000",
+        )?;
+        check(
+            "max_fetch_wait_ms",
+            self.max_fetch_wait_ms,
+            0,
+            300_000,
+            "must be within 0..=300000",
+        )?;
+        check(
+            "retention_check_interval_ms",
+            self.retention_check_interval_ms,
+            100,
+            86_400_000,
+            "must be within 100..=86400000",
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_toml_overrides_them() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let config = Config::from_toml(
+            "data_dir = \"/tmp/x\"\ngrpc_addr = \"127.0.0.1:9000\"\nmax_inflight_bytes = 1048576\n",
+        )
+        .map_err(|e| e.to_string());
+        let config = match config {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.grpc_addr.port(), 9000);
+        assert_eq!(config.max_inflight_bytes, 1 << 20);
+        assert_eq!(config.http_addr, Config::default().http_addr);
+        assert!(Config::from_toml("no_such_field = 1").is_err());
+    }
+
+    #[test]
+    fn rejects_out_of_bounds_naming_the_field() {
+        let config = Config {
+            max_inflight_bytes: 10,
+            ..Config::default()
+        };
+        let error = config.validate().err();
+        assert_eq!(error.map(|e| e.field), Some("max_inflight_bytes"));
+    }
+}

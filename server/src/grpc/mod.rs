@@ -1,0 +1,6 @@
+//! The gRPC services: translation between the wire and the broker, no logic of their own.
+
+pub mod admin;
+pub mod groups;
+pub mod log;
+pub mod status;

@@ -1,0 +1,503 @@
+//! Topics: names, settings and the partition logs they own.
+//!
+//! Each topic lives in `DATA_DIR/topics/<name>/`: `topic.json` (name, partition count,
+//! settings; written to a temporary file, fsynced and renamed) and one log per partition in
+//! `<partition>/`. The registry is a `RwLock<HashMap>` read on every request for a lookup and
+//! written only by create and delete; it is never held across an `.await`.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sluice_proto::v1 as pb;
+use sluice_storage::{Durability, Log, LogConfig, Store};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
+/// Longest topic name.
+pub const MAX_NAME_LEN: usize = 249;
+/// Directory under the data directory that holds topics.
+const TOPICS_DIR: &str = "topics";
+/// The topic's metadata file.
+const META_FILE: &str = "topic.json";
+
+/// A topic's settings as stored in `topic.json` (the effective values, defaults filled in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Delete old segments beyond this many bytes per partition; `None`: no limit.
+    pub retention_bytes: Option<u64>,
+    /// Delete segments older than this, ms; `None`: keep forever.
+    pub retention_ms: Option<u64>,
+    /// Segment size, bytes.
+    pub segment_bytes: u64,
+    /// `"always"`, `"interval"` or `"never"`.
+    pub fsync: Fsync,
+    /// Interval for `fsync = "interval"`, ms.
+    pub fsync_interval_ms: u64,
+    /// Largest batch accepted, bytes.
+    pub max_batch_bytes: u32,
+}
+
+/// Durability policy as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Group commit before acknowledging.
+    Always,
+    /// Acknowledge on write, fsync every `fsync_interval_ms`.
+    Interval,
+    /// Acknowledge on write, never fsync.
+    Never,
+}
+
+/// Default retention by age: 7 days.
+const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Default fsync interval for `fsync = interval`.
+const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1000;
+
+impl TopicSettings {
+    /// The effective settings for a create request's config; bad values are
+    /// `INVALID_ARGUMENT`s naming the field.
+    pub fn from_proto(config: Option<&pb::TopicConfig>) -> Result<Self> {
+        let defaults = LogConfig::default();
+        let config = config.cloned().unwrap_or_default();
+        let non_negative = |field: &'static str, value: Option<i64>| -> Result<Option<u64>> {
+            match value {
+                None | Some(-1) => Ok(None),
+                Some(v) if v >= 0 => Ok(Some(v as u64)),
+                Some(v) => Err(Error::invalid(
+                    field,
+                    v,
+                    "must be -1 (no limit) or at least 0",
+                )),
+            }
+        };
+        let retention_bytes = non_negative("retention_bytes", config.retention_bytes)?;
+        let retention_ms = match config.retention_ms {
+            None => Some(DEFAULT_RETENTION_MS),
+            value => non_negative("retention_ms", value)?,
+        };
+        let fsync = match pb::FsyncPolicy::try_from(config.fsync) {
+            Ok(pb::FsyncPolicy::Unspecified | pb::FsyncPolicy::Always) => Fsync::Always,
+            Ok(pb::FsyncPolicy::Interval) => Fsync::Interval,
+            Ok(pb::FsyncPolicy::Never) => Fsync::Never,
+            Err(_) => {
+                return Err(Error::invalid(
+                    "fsync",
+                    config.fsync,
+                    "unknown fsync policy",
+                ));
+            }
+        };
+        let settings = Self {
+            retention_bytes,
+            retention_ms,
+            segment_bytes: config.segment_bytes.unwrap_or(defaults.segment_bytes),
+            fsync,
+            fsync_interval_ms: config
+                .fsync_interval_ms
+                .unwrap_or(DEFAULT_FSYNC_INTERVAL_MS),
+            max_batch_bytes: config.max_batch_bytes.unwrap_or(defaults.max_batch_bytes),
+        };
+        settings.log_config()?;
+        Ok(settings)
+    }
+
+    /// The storage configuration of each partition, checked.
+    pub fn log_config(&self) -> Result<LogConfig> {
+        let durability = match self.fsync {
+            Fsync::Always => Durability::Always,
+            Fsync::Interval => Durability::Interval(Duration::from_millis(self.fsync_interval_ms)),
+            Fsync::Never => Durability::Never,
+        };
+        let config = LogConfig {
+            segment_bytes: self.segment_bytes,
+            max_batch_bytes: self.max_batch_bytes,
+            retention_bytes: self.retention_bytes,
+            retention_age: self.retention_ms.map(Duration::from_millis),
+            durability,
+            ..LogConfig::default()
+        };
+        config.validate().map_err(|error| match error {
+            sluice_storage::Error::InvalidConfig {
+                field,
+                value,
+                reason,
+            } => Error::InvalidArgument {
+                field: match field {
+                    "durability" => "fsync_interval_ms",
+                    other => other,
+                },
+                value,
+                reason,
+            },
+            other => Error::Storage(other),
+        })?;
+        Ok(config)
+    }
+
+    /// The settings as the wire sees them.
+    pub fn to_proto(&self) -> pb::TopicConfig {
+        pb::TopicConfig {
+            retention_bytes: Some(self.retention_bytes.map_or(-1, |v| v as i64)),
+            retention_ms: Some(self.retention_ms.map_or(-1, |v| v as i64)),
+            segment_bytes: Some(self.segment_bytes),
+            fsync: match self.fsync {
+                Fsync::Always => pb::FsyncPolicy::Always,
+                Fsync::Interval => pb::FsyncPolicy::Interval,
+                Fsync::Never => pb::FsyncPolicy::Never,
+            } as i32,
+            fsync_interval_ms: Some(self.fsync_interval_ms),
+            max_batch_bytes: Some(self.max_batch_bytes),
+        }
+    }
+}
+
+/// `topic.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicMeta {
+    name: String,
+    partitions: u32,
+    settings: TopicSettings,
+}
+
+/// One partition: its log, a watch of its high watermark for long polls, and its share of
+/// the in-flight produce bytes.
+#[derive(Debug)]
+pub struct Partition {
+    /// The partition number.
+    pub id: u32,
+    /// The log.
+    pub log: Arc<Log>,
+    /// The high watermark, sent by the log's listener each time it advances.
+    pub high_watermark: watch::Receiver<u64>,
+    /// Produce bytes accepted and not yet acknowledged.
+    pub inflight: Arc<Semaphore>,
+}
+
+/// A topic and its partitions.
+#[derive(Debug)]
+pub struct Topic {
+    /// The name.
+    pub name: String,
+    /// Effective settings.
+    pub settings: TopicSettings,
+    /// Partitions, index = partition number.
+    pub partitions: Vec<Arc<Partition>>,
+    dir: PathBuf,
+}
+
+impl Topic {
+    /// The partition, or `NOT_FOUND` naming topic and partition.
+    pub fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {
+        self.partitions
+            .get(partition as usize)
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: self.name.clone(),
+                partition,
+                partitions: self.partitions.len() as u32,
+            })
+    }
+}
+
+/// All topics of the broker.
+#[derive(Debug)]
+pub struct Topics {
+    store: Store,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Per-partition in-flight bound, bytes.
+    partition_inflight_bytes: u32,
+}
+
+/// Checks a topic name: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`; names starting with `__`
+/// are internal unless `internal` is set.
+pub fn validate_name(name: &str, internal: bool) -> Result<()> {
+    let reason = if name.is_empty() || name.len() > MAX_NAME_LEN {
+        Some("must be 1 to 249 characters")
+    } else if name == "." || name == ".." {
+        Some("must not be \".\" or \"..\"")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        Some("may hold only ASCII letters, digits, '.', '_' and '-'")
+    } else if name.starts_with("__") && !internal {
+        Some("names starting with \"__\" are reserved for internal topics")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::invalid("topic", name, reason)),
+        None => Ok(()),
+    }
+}
+
+impl Topics {
+    /// Opens every topic found under the data directory (blocking: run it off the runtime).
+    pub fn open(store: Store, partition_inflight_bytes: u32) -> Result<Self> {
+        let topics = Self {
+            store,
+            topics: RwLock::new(HashMap::new()),
+            partition_inflight_bytes,
+        };
+        let root = topics.store.root().join(TOPICS_DIR);
+        if root.exists() {
+            let entries = std::fs::read_dir(&root).map_err(|e| Error::io("list", &root, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("list", &root, e))?;
+                let meta_path = entry.path().join(META_FILE);
+                if !meta_path.exists() {
+                    // A topic whose creation did not finish, or a deletion in progress.
+                    continue;
+                }
+                let text = std::fs::read_to_string(&meta_path)
+                    .map_err(|e| Error::io("read", &meta_path, e))?;
+                let meta: TopicMeta =
+                    serde_json::from_str(&text).map_err(|e| Error::BadMetadata {
+                        path: meta_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let topic = topics.open_topic(&meta)?;
+                tracing::info!(topic = %meta.name, partitions = meta.partitions, "opened topic");
+                topics.write().insert(meta.name.clone(), Arc::new(topic));
+            }
+        }
+        Ok(topics)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn topic_dir(&self, name: &str) -> PathBuf {
+        self.store.root().join(TOPICS_DIR).join(name)
+    }
+
+    fn open_topic(&self, meta: &TopicMeta) -> Result<Topic> {
+        let config = meta.settings.log_config()?;
+        let mut partitions = Vec::with_capacity(meta.partitions as usize);
+        for id in 0..meta.partitions {
+            let log = self
+                .store
+                .open_log(&format!("{TOPICS_DIR}/{}/{id}", meta.name), config.clone())?;
+            let (sender, receiver) = watch::channel(log.high_watermark());
+            log.on_high_watermark(Box::new(move |hw| {
+                sender.send_replace(hw);
+            }));
+            partitions.push(Arc::new(Partition {
+                id,
+                log,
+                high_watermark: receiver,
+                inflight: Arc::new(Semaphore::new(self.partition_inflight_bytes as usize)),
+            }));
+        }
+        Ok(Topic {
+            name: meta.name.clone(),
+            settings: meta.settings.clone(),
+            partitions,
+            dir: self.topic_dir(&meta.name),
+        })
+    }
+
+    /// The topic, or `NOT_FOUND` naming it.
+    pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
+        self.read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.to_owned(),
+            })
+    }
+
+    /// Every topic, by name.
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        let mut topics: Vec<_> = self.read().values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    /// Creates a topic (blocking). `internal` allows `__` names.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: TopicSettings,
+        internal: bool,
+    ) -> Result<Arc<Topic>> {
+        validate_name(name, internal)?;
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(Error::invalid(
+                "partitions",
+                partitions,
+                "must be within 1..=10000",
+            ));
+        }
+        if settings.max_batch_bytes > self.partition_inflight_bytes {
+            return Err(Error::invalid(
+                "max_batch_bytes",
+                settings.max_batch_bytes,
+                "exceeds the broker's max_inflight_bytes_per_partition",
+            ));
+        }
+        // Hold the write lock across creation so two creates of one name cannot race; the
+        // lock is never held across an .await (this runs on a blocking thread).
+        let mut topics = self.write();
+        if topics.contains_key(name) {
+            return Err(Error::TopicExists {
+                topic: name.to_owned(),
+            });
+        }
+        let meta = TopicMeta {
+            name: name.to_owned(),
+            partitions,
+            settings,
+        };
+        let dir = self.topic_dir(name);
+        if dir.exists() {
+            // Leftovers of a create that crashed before its metadata was written.
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+        }
+        let topic = Arc::new(self.open_topic(&meta)?);
+        write_durably(
+            &dir.join(META_FILE),
+            serde_json::to_vec_pretty(&meta)
+                .map_err(|e| Error::BadMetadata {
+                    path: dir.join(META_FILE),
+                    reason: e.to_string(),
+                })?
+                .as_slice(),
+        )?;
+        topics.insert(name.to_owned(), Arc::clone(&topic));
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its data (blocking). In-flight reads keep their maps until done.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        let topic = self
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.to_owned(),
+            })?;
+        // Drop the metadata first: a crash half-way leaves a directory that is not a topic.
+        let meta = topic.dir.join(META_FILE);
+        std::fs::remove_file(&meta).map_err(|e| Error::io("unlink", &meta, e))?;
+        for partition in &topic.partitions {
+            if let Err(error) = partition.log.close() {
+                tracing::warn!(topic = name, partition = partition.id, %error, "closing deleted partition");
+            }
+        }
+        std::fs::remove_dir_all(&topic.dir).map_err(|e| Error::io("remove", &topic.dir, e))?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Runs retention on every partition (blocking).
+    pub fn enforce_retention(&self) {
+        for topic in self.list() {
+            for partition in &topic.partitions {
+                if let Err(error) = partition.log.enforce_retention() {
+                    tracing::warn!(topic = %topic.name, partition = partition.id, %error, "retention failed");
+                }
+            }
+        }
+    }
+
+    /// The store, for internal logs.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Closes every partition cleanly (blocking): synced, files cut to length, clean-shutdown
+    /// markers written. The registry empties; the store closes when the last holder drops it.
+    pub fn close_all(&self) {
+        let topics: Vec<Arc<Topic>> = self.write().drain().map(|(_, topic)| topic).collect();
+        for topic in topics {
+            for partition in &topic.partitions {
+                if let Err(error) = partition.log.close() {
+                    tracing::error!(topic = %topic.name, partition = partition.id, %error, "closing partition failed");
+                }
+            }
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced and renamed, then fsyncs the
+/// directory: after a crash the file is whole or absent.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("write", &temp, e))?;
+    std::fs::rename(&temp, path).map_err(|e| Error::io("rename", &temp, e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["orders", "a", "a.b-c_d", &"x".repeat(249)] {
+            assert!(validate_name(good, false).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "é",
+            "__internal",
+            &"x".repeat(250),
+        ] {
+            assert!(validate_name(bad, false).is_err(), "{bad}");
+        }
+        assert!(validate_name("__consumer_offsets", true).is_ok());
+    }
+
+    #[test]
+    fn settings_defaults_and_bounds() {
+        let settings = TopicSettings::from_proto(None).map_err(|e| e.to_string());
+        assert_eq!(settings.as_ref().map(|s| s.fsync), Ok(Fsync::Always));
+        assert_eq!(
+            settings.as_ref().map(|s| s.retention_ms),
+            Ok(Some(DEFAULT_RETENTION_MS))
+        );
+        let bad = pb::TopicConfig {
+            segment_bytes: Some(10),
+            ..Default::default()
+        };
+        match TopicSettings::from_proto(Some(&bad)) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "segment_bytes"),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        let forever = pb::TopicConfig {
+            retention_ms: Some(-1),
+            retention_bytes: Some(-7),
+            ..Default::default()
+        };
+        match TopicSettings::from_proto(Some(&forever)) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "retention_bytes"),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The broker over gRPC on loopback: round trips, replay, tailing, errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice_proto::v1 as pb;
+use sluice_tests::{TestBroker, batch, create_topic, decode, now_ms};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn produce(topic: &str, partition: u32, batch: bytes::BytesMut) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: topic.into(),
+        partition,
+        batch: batch.freeze(),
+    }
+}
+
+#[tokio::test]
+async fn produce_fetch_round_trip_and_replay() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "events", 2, pb::TopicConfig::default()).await;
+    let mut log = broker.log().await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let b = batch(&format!("b{i}"), 5, 100, now_ms());
+        let response = log
+            .produce(produce("events", 1, b.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.base_offset, i * 5);
+        assert_eq!(response.last_offset, i * 5 + 4);
+        sent.push(b);
+    }
+    // Fetch everything from 0: whole batches, the bytes produced with offsets stamped.
+    let fetched = log
+        .fetch(pb::FetchRequest {
+            topic: "events".into(),
+            partition: 1,
+            offset: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.high_watermark, 50);
+    let records = decode(&fetched.batches);
+    assert_eq!(records.len(), 50);
+    for (i, (offset, value)) in records.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert!(value.starts_with(format!("b{}-{}", i / 5, i % 5).as_bytes()));
+    }
+    // Replay from the middle of a batch: that batch comes whole.
+    let fetched = log
+        .fetch(pb::FetchRequest {
+            topic: "events".into(),
+            partition: 1,
+            offset: 23,
+            max_bytes: 1,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let records = decode(&fetched.batches);
+    assert_eq!(records.first().map(|r| r.0), Some(20));
+    assert_eq!(records.len(), 5);
+    // The other partition is empty.
+    let offsets = log
+        .list_offsets(pb::ListOffsetsRequest {
+            topic: "events".into(),
+            partition: 0,
+            spec: pb::OffsetSpec::Latest as i32,
+            timestamp_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(offsets.offset, Some(0));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn replay_from_timestamp() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "t", 1, pb::TopicConfig::default()).await;
+    let mut log = broker.log().await;
+    log.produce(produce("t", 0, batch("old", 3, 10, now_ms())))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = log
+        .produce(produce("t", 0, batch("new", 2, 10, now_ms())))
+        .await
+        .unwrap();
+    let at = log
+        .list_offsets(pb::ListOffsetsRequest {
+            topic: "t".into(),
+            partition: 0,
+            spec: pb::OffsetSpec::Timestamp as i32,
+            timestamp_ms: cut,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(at.offset, Some(second.into_inner().base_offset));
+    let after = log
+        .list_offsets(pb::ListOffsetsRequest {
+            topic: "t".into(),
+            partition: 0,
+            spec: pb::OffsetSpec::Timestamp as i32,
+            timestamp_ms: now_ms() + 60_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.offset, None);
+    assert_eq!(after.high_watermark, 5);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn fetch_long_polls_and_subscribe_tails() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "tail", 1, pb::TopicConfig::default()).await;
+    let mut log = broker.log().await;
+    let mut stream = log
+        .subscribe(pb::SubscribeRequest {
+            topic: "tail".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // A long poll at the end of the log is answered when data arrives.
+    let mut poller = broker.log().await;
+    let poll = tokio::spawn(async move {
+        poller
+            .fetch(pb::FetchRequest {
+                topic: "tail".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 0,
+                max_wait_ms: 10_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..3 {
+        log.produce(produce("tail", 0, batch(&format!("s{i}"), 2, 10, now_ms())))
+            .await
+            .unwrap();
+    }
+    let polled = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!decode(&polled.batches).is_empty());
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("subscription delivers")
+            .expect("stream open")
+            .unwrap();
+        seen.extend(decode(&message.batches));
+    }
+    let offsets: Vec<u64> = seen.iter().map(|r| r.0).collect();
+    assert_eq!(offsets, (0..6).collect::<Vec<_>>());
+    // A client that goes away mid-stream costs nothing: drop it and keep producing.
+    drop(stream);
+    log.produce(produce("tail", 0, batch("after", 1, 10, now_ms())))
+        .await
+        .unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_statuses_naming_the_problem() {
+    let broker = TestBroker::start_with(|c| c.max_message_bytes = 2 << 20).await;
+    create_topic(
+        &broker,
+        "t",
+        1,
+        pb::TopicConfig {
+            max_batch_bytes: Some(64 * 1024),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut log = broker.log().await;
+    let mut admin = broker.admin().await;
+
+    let status = log
+        .produce(produce("nope", 0, batch("x", 1, 1, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("unknown topic \"nope\""),
+        "{}",
+        status.message()
+    );
+
+    let status = log
+        .produce(produce("t", 3, batch("x", 1, 1, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("unknown partition 3"),
+        "{}",
+        status.message()
+    );
+
+    let status = admin
+        .create_topic(pb::CreateTopicRequest {
+            name: "bad/name".into(),
+            partitions: 1,
+            config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("invalid topic \"bad/name\""),
+        "{}",
+        status.message()
+    );
+
+    let status = admin
+        .create_topic(pb::CreateTopicRequest {
+            name: "t".into(),
+            partitions: 1,
+            config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+
+    let status = admin
+        .create_topic(pb::CreateTopicRequest {
+            name: "zero".into(),
+            partitions: 0,
+            config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("partitions"),
+        "{}",
+        status.message()
+    );
+
+    // A corrupted batch: the check that failed is named, nothing is written.
+    let mut corrupt = batch("x", 3, 20, 1);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x40;
+    let status = log.produce(produce("t", 0, corrupt)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("checksum mismatch"),
+        "{}",
+        status.message()
+    );
+
+    let status = log
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            batch: bytes::Bytes::from_static(b"short"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("truncated"),
+        "{}",
+        status.message()
+    );
+
+    // Over the topic's max_batch_bytes.
+    let status = log
+        .produce(produce("t", 0, batch("big", 100, 1000, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
+
+    // Over the broker's message bound: refused by the transport, before any work.
+    let status = log
+        .produce(pb::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            batch: bytes::Bytes::from(vec![0u8; 3 << 20]),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{status:?}"
+    );
+
+    // Nothing of the bad batches was written.
+    let fetched = log
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.high_watermark, 0);
+
+    let status = log
+        .fetch(pb::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 5,
+            max_bytes: 0,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert!(
+        status.message().contains("offset 5 out of range"),
+        "{}",
+        status.message()
+    );
+
+    let status = log
+        .list_offsets(pb::ListOffsetsRequest {
+            topic: "t".into(),
+            partition: 0,
+            spec: 0,
+            timestamp_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("spec"), "{}", status.message());
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn topics_admin_and_group_offsets_survive_restart() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "orders", 3, pb::TopicConfig::default()).await;
+    let mut log = broker.log().await;
+    log.produce(produce("orders", 2, batch("o", 4, 10, now_ms())))
+        .await
+        .unwrap();
+    let mut groups = broker.groups().await;
+    groups
+        .commit_offsets(pb::CommitOffsetsRequest {
+            group: "billing".into(),
+            topic: "orders".into(),
+            offsets: vec![pb::PartitionOffset {
+                partition: 2,
+                offset: 3,
+                metadata: "m".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let (dir, keep) = broker.stop_keeping_dir().await;
+    let broker = TestBroker::start_in(dir, |_| {}).await;
+    let topics = broker
+        .admin()
+        .await
+        .list_topics(pb::ListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    assert_eq!(
+        topics.len(),
+        1,
+        "internal topics are not listed: {topics:?}"
+    );
+    assert_eq!(topics[0].name, "orders");
+    let described = broker
+        .admin()
+        .await
+        .describe_topic(pb::DescribeTopicRequest {
+            name: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    assert_eq!(described.partitions.len(), 3);
+    assert_eq!(described.partitions[2].latest_offset, 4);
+    let committed = broker
+        .groups()
+        .await
+        .fetch_offsets(pb::FetchOffsetsRequest {
+            group: "billing".into(),
+            topic: "orders".into(),
+            partitions: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets;
+    assert_eq!(committed.len(), 3);
+    assert_eq!(committed[2].offset, Some(3));
+    assert_eq!(committed[2].metadata, "m");
+    assert_eq!(committed[0].offset, None);
+    // Delete and recreate: empty again.
+    let mut admin = broker.admin().await;
+    admin
+        .delete_topic(pb::DeleteTopicRequest {
+            name: "orders".into(),
+        })
+        .await
+        .unwrap();
+    let status = admin
+        .describe_topic(pb::DescribeTopicRequest {
+            name: "orders".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    create_topic(&broker, "orders", 1, pb::TopicConfig::default()).await;
+    broker.stop().await;
+    drop(keep);
+}
