@@ -1,8 +1,29 @@
-//! The Sluice client.
+//! The Sluice client: an async [`Producer`] that batches per partition, and a [`Consumer`] that
+//! fetches, decodes and tracks offsets (design.md §5).
 //!
-//! The producer, consumer and worker pool arrive with the broker issue (#4). What a client needs
-//! today is the batch encoder, which is the storage crate's: the bytes a producer builds are the
-//! bytes the broker validates and appends, so both sides share one implementation.
+//! - [`connection`]: the HTTP/2 channel to the broker and the [`RetryPolicy`] every request
+//!   goes through.
+//! - [`Producer`]: per-partition batching (linger and size bounds), key-hash or round-robin
+//!   partitioning, a bounded buffer, retries with backoff; one `Produce` in flight per
+//!   partition, so order within a partition holds.
+//! - [`Consumer`]: assigned partitions, long-poll fetches, checksum-verified zero-copy decoding,
+//!   positions, seeks, and group offset commits.
+//!
+//! The batch encoder is the storage crate's, re-exported here: the bytes a producer builds are
+//! the bytes the broker validates and appends, so both sides share one implementation.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod connection;
+mod consumer;
+mod error;
+pub mod partitioner;
+mod producer;
+
+pub use config::{ConnectionConfig, ConsumerConfig, ProducerConfig};
+pub use connection::{Idempotency, RetryPolicy};
+pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartFrom};
+pub use error::{Error, Result};
+pub use partitioner::Partitioner;
+pub use producer::{DeliveryFuture, Producer, ProducerRecord, RecordMetadata};
 pub use sluice_storage::format::{BatchBuilder, BatchView, FormatError, Header, Record};

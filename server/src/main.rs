@@ -1,6 +1,8 @@
 //! `sluice`: the broker (`sluice serve`) and its command-line tools.
 #![forbid(unsafe_code)]
 
+mod cli;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sluice_server::Config;
@@ -19,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the broker: a local data directory, gRPC and HTTP on loopback by default.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 /// Flags override `SLUICE_*` environment variables, which override the config file, which
@@ -140,6 +144,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Client(command) => cli::run(command).await,
         }
     })
 }

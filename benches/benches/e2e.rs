@@ -1,0 +1,220 @@
+//! End to end over loopback: a real in-process broker against the physical reference.
+//!
+//! - `sluice_produce/1MiB`: 1 KiB records in 1 MiB batches, one `Produce` at a time, each
+//!   awaited (fsync `never`), through gRPC to a broker in this process on 127.0.0.1.
+//! - `tcp_send/1MiB`: the same bytes written over a plain tokio TCP connection on loopback
+//!   (TCP_NODELAY both ends), each acknowledged by an 8-byte reply: the physical reference.
+//! - `sluice_fetch/1MiB`: reading back 1 MiB batches with `Fetch`, one at a time.
+//!
+//! Throughput is set in bytes; compare the ratios within one run (design.md §4 measured the
+//! transport on this machine kind: tonic unary ~0.45× TCP at 1 MiB).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice_benches::batch_of;
+use sluice_proto::v1 as pb;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Runtime;
+use tonic::transport::{Channel, Endpoint};
+
+const RECORD_BYTES: usize = 1024;
+const BATCH_BYTES: usize = 1 << 20;
+/// Batches the fetch bench cycles through (written once before it starts).
+const FETCH_BATCHES: u64 = 64;
+
+struct Broker {
+    channel: Channel,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<sluice_server::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_broker() -> Broker {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-bench-e2e-")
+        .tempdir()
+        .unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    let config = sluice_server::Config {
+        data_dir: dir.path().to_path_buf(),
+        grpc_addr: addr,
+        http_addr: http.local_addr().unwrap(),
+        ..sluice_server::Config::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sluice_server::run(config, grpc, http, async move {
+        let _ = stopped.await;
+    }));
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20);
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(channel) => break channel,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+    admin
+        .create_topic(pb::CreateTopicRequest {
+            name: "bench".into(),
+            partitions: 1,
+            config: Some(pb::TopicConfig {
+                fsync: pb::FsyncPolicy::Never as i32,
+                // Bounded disk use however long criterion runs: old segments go.
+                retention_bytes: Some(512 << 20),
+                segment_bytes: Some(128 << 20),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    Broker {
+        channel,
+        stop: Some(stop),
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+impl Broker {
+    fn log(&self) -> pb::log_client::LogClient<Channel> {
+        pb::log_client::LogClient::new(self.channel.clone())
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20)
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A loopback TCP server that reads `len`-byte messages and answers each with 8 bytes.
+async fn tcp_pair(len: usize) -> tokio::net::TcpStream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; len];
+        let mut count = 0u64;
+        while socket.read_exact(&mut buf).await.is_ok() {
+            count += 1;
+            if socket.write_all(&count.to_le_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    socket
+}
+
+fn e2e(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let batch: Bytes = batch_of(BATCH_BYTES, RECORD_BYTES).unwrap().freeze();
+    let broker = runtime.block_on(start_broker());
+    let mut group = c.benchmark_group("e2e");
+    group
+        .throughput(Throughput::Bytes(batch.len() as u64))
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6));
+
+    group.bench_function("tcp_send/1MiB", |b| {
+        let mut socket = runtime.block_on(tcp_pair(batch.len()));
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut ack = [0u8; 8];
+                let start = Instant::now();
+                for _ in 0..iters {
+                    socket.write_all(&batch).await.unwrap();
+                    socket.read_exact(&mut ack).await.unwrap();
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    group.bench_function("sluice_produce/1MiB", |b| {
+        let mut log = broker.log();
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    log.produce(pb::ProduceRequest {
+                        topic: "bench".into(),
+                        partition: 0,
+                        batch: batch.clone(),
+                    })
+                    .await
+                    .unwrap();
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    // Read back: a fresh topic region of FETCH_BATCHES batches, fetched round robin.
+    let (first, mut log) = runtime.block_on(async {
+        let mut log = broker.log();
+        let mut first = None;
+        for _ in 0..FETCH_BATCHES {
+            let response = log
+                .produce(pb::ProduceRequest {
+                    topic: "bench".into(),
+                    partition: 0,
+                    batch: batch.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            first.get_or_insert(response.base_offset);
+        }
+        (first.unwrap_or(0), log)
+    });
+    let records_per_batch = sluice_storage::format::BatchView::new(&batch, usize::MAX)
+        .unwrap()
+        .record_count() as u64;
+    group.bench_function("sluice_fetch/1MiB", |b| {
+        let mut next = 0u64;
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let offset = first + (next % FETCH_BATCHES) * records_per_batch;
+                    next += 1;
+                    let response = log
+                        .fetch(pb::FetchRequest {
+                            topic: "bench".into(),
+                            partition: 0,
+                            offset,
+                            max_bytes: BATCH_BYTES as u32,
+                            max_wait_ms: 0,
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(response.batches.len(), batch.len());
+                }
+                start.elapsed()
+            })
+        });
+    });
+    group.finish();
+    runtime.block_on(broker.stop());
+}
+
+criterion_group!(benches, e2e);
+criterion_main!(benches);

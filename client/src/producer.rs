@@ -1,0 +1,961 @@
+//! [`Producer`]: batches records per partition and sends them with one `Produce` per batch.
+//!
+//! ```text
+//! send() ─ partition ─ buffer permit ─ mpsc(partition_queue_records) ─▶ partition task
+//!     partition task: Accumulator (linger, batch_bytes) ─▶ ready ─▶ one Produce in flight
+//!                     ─▶ ack: every record's DeliveryFuture gets base_offset + index
+//! ```
+//!
+//! Invariants:
+//! - One task per (topic, partition), started on the first record for it, and at most one
+//!   `Produce` in flight per partition, so records of a partition are appended in `send` order,
+//!   retries included. A batch is retried whole; a batch that fails for good fails each of its
+//!   records with the broker's status, and the next batch is sent after it.
+//! - Memory is bounded: `buffer_bytes` of records (a semaphore, released when a batch is
+//!   acknowledged or failed), `partition_queue_records` queued per partition, and per partition
+//!   one batch in flight, at most two sealed and one open.
+//! - Delivery is at least once: a produce lost with its connection (`UNAVAILABLE`) is retried
+//!   and may be appended twice; one that timed out is not retried (its outcome is unknown, so it
+//!   fails with `DEADLINE_EXCEEDED`). The idempotent producer (design.md §5) will close this.
+//! - A topic's partition count and `max_batch_bytes` are read once with `DescribeTopic` and
+//!   cached for the producer's life.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sluice_proto::v1::{DescribeTopicRequest, ProduceRequest, admin_client::AdminClient};
+use sluice_proto::v1::{ProduceResponse, log_client::LogClient};
+use sluice_storage::format::{BatchBuilder, FormatError, HEADER_LEN, Header};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::config::{BROKER_MAX_BATCH_BYTES, ProducerConfig};
+use crate::connection::{self, Idempotency, RetryPolicy};
+use crate::error::{Error, Result};
+
+/// Bytes a record is charged in the buffer beyond its key, value and header bytes: its varints
+/// and attribute byte (an upper bound for a record with small deltas).
+const RECORD_OVERHEAD_BYTES: usize = 24;
+/// Bytes charged per header beyond its key and value.
+const HEADER_OVERHEAD_BYTES: usize = 8;
+
+/// One record to produce.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerRecord {
+    /// The key; records with the same key go to the same partition under
+    /// [`Partitioner::KeyHash`](crate::Partitioner::KeyHash). `None` is null.
+    pub key: Option<Bytes>,
+    /// The value; `None` is null (a tombstone in compacted topics).
+    pub value: Option<Bytes>,
+    /// Headers in order; keys are UTF-8, `sluice.*` keys carry queue-mode options (design.md §2).
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Create time, ms since the Unix epoch; `None` takes the time of `send`.
+    pub timestamp_ms: Option<i64>,
+    /// The partition; `None` lets the producer's partitioner choose.
+    pub partition: Option<u32>,
+}
+
+impl ProducerRecord {
+    /// A keyless record holding `value`.
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        Self {
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A record with `key` and `value`.
+    pub fn with_key(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        Self {
+            key: Some(key.into()),
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key.
+    #[must_use]
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Appends a header.
+    #[must_use]
+    pub fn header(mut self, key: impl Into<String>, value: Option<Bytes>) -> Self {
+        self.headers.push((key.into(), value));
+        self
+    }
+
+    /// Sets the create time, ms since the Unix epoch.
+    #[must_use]
+    pub fn timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    /// Sends the record to `partition`, bypassing the partitioner.
+    #[must_use]
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Bytes the record is charged in the producer's buffer: key, value and headers plus a
+    /// fixed overhead per record and per header.
+    pub fn buffer_len(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Bytes::len))
+            .sum();
+        RECORD_OVERHEAD_BYTES
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + headers
+            + HEADER_OVERHEAD_BYTES * self.headers.len()
+    }
+}
+
+/// Where an acknowledged record was appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: u32,
+    /// The record's offset: its batch's base offset plus its index in the batch.
+    pub offset: u64,
+    /// The broker's append time of the batch, ms since the Unix epoch.
+    pub append_time_ms: i64,
+}
+
+/// Resolves once the broker acknowledged (or finally refused) the batch holding a record.
+///
+/// Dropping it does not cancel the record: it is sent all the same.
+#[derive(Debug)]
+#[must_use = "a DeliveryFuture tells whether the record was appended"]
+pub struct DeliveryFuture {
+    receiver: oneshot::Receiver<Result<RecordMetadata>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// An async producer: cheap to clone (clones share batches, buffer and connection), `Send` and
+/// `Sync`.
+///
+/// ```no_run
+/// # async fn example() -> sluice_client::Result<()> {
+/// use sluice_client::{Producer, ProducerConfig, ProducerRecord};
+/// let producer = Producer::connect(ProducerConfig::new().broker("127.0.0.1:7070")).await?;
+/// let delivery = producer.send("orders", ProducerRecord::with_key("user-1", "paid")).await?;
+/// let metadata = delivery.await?;
+/// println!("appended at {}/{}", metadata.partition, metadata.offset);
+/// producer.close().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("broker", &self.inner.config.connection.address)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: ProducerConfig,
+    log: LogClient<Channel>,
+    admin: AdminClient<Channel>,
+    /// `buffer_bytes` permits; a record holds its share until its batch is answered.
+    buffer: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    closed: bool,
+    topics: HashMap<Arc<str>, TopicEntry>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct TopicEntry {
+    meta: Arc<TopicMeta>,
+    /// One queue per partition, created with its task on the partition's first record.
+    partitions: Vec<Option<mpsc::Sender<Command>>>,
+}
+
+/// What the producer knows of a topic, from `DescribeTopic`.
+#[derive(Debug)]
+struct TopicMeta {
+    name: Arc<str>,
+    partitions: u32,
+    max_batch_bytes: usize,
+    /// Round-robin cursor for records without a key (or all, under `RoundRobin`).
+    cursor: AtomicU32,
+}
+
+impl Producer {
+    /// Validates `config` and connects to the broker.
+    pub async fn connect(config: ProducerConfig) -> Result<Self> {
+        config.validate()?;
+        let channel = connection::connect(&config.connection).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                log: connection::log_client(channel.clone(), &config.connection),
+                admin: connection::admin_client(channel, &config.connection),
+                buffer: Arc::new(Semaphore::new(config.buffer_bytes)),
+                state: Mutex::new(State::default()),
+                config,
+            }),
+        })
+    }
+
+    /// The config the producer runs with.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+
+    /// Queues `record` for `topic` and returns once it is in its partition's queue; the
+    /// returned future resolves when the broker acknowledged (or refused) it.
+    ///
+    /// Waits while the buffer is full, at most `max_block`. Fails at once if the topic does not
+    /// exist, the record names a partition the topic lacks, or the record cannot fit the
+    /// buffer or the topic's `max_batch_bytes`.
+    pub async fn send(&self, topic: &str, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let inner = &self.inner;
+        let meta = self.topic(topic).await?;
+        let partition = match record.partition {
+            Some(partition) if partition >= meta.partitions => {
+                return Err(Error::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                    partitions: meta.partitions,
+                });
+            }
+            Some(partition) => partition,
+            None => inner.config.partitioner.partition(
+                record.key.as_deref(),
+                meta.partitions,
+                &meta.cursor,
+            ),
+        };
+        let len = record.buffer_len();
+        // The charge includes an overhead that may overstate; refuse only what surely fails.
+        let min_batch_len = HEADER_LEN + len - RECORD_OVERHEAD_BYTES;
+        if min_batch_len > meta.max_batch_bytes {
+            return Err(Error::RecordTooLarge {
+                topic: topic.to_owned(),
+                len: min_batch_len,
+                limit: "max_batch_bytes",
+                max: meta.max_batch_bytes,
+            });
+        }
+        if len > inner.config.buffer_bytes {
+            return Err(Error::RecordTooLarge {
+                topic: topic.to_owned(),
+                len,
+                limit: "buffer_bytes",
+                max: inner.config.buffer_bytes,
+            });
+        }
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        let started = Instant::now();
+        let deadline = started + inner.config.max_block;
+        let buffer_full = || Error::BufferFull {
+            waited: started.elapsed(),
+            len,
+            buffer_bytes: inner.config.buffer_bytes,
+        };
+        // `len <= buffer_bytes <= u32::MAX`, checked above and by validate().
+        let permits = u32::try_from(len).map_err(|_| buffer_full())?;
+        // The fast paths take no timer: most sends find space at once.
+        let permit = match inner.buffer.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                tokio::time::timeout_at(deadline, inner.buffer.clone().acquire_many_owned(permits))
+                    .await
+                    .map_err(|_| buffer_full())?
+                    .map_err(|_| Error::Closed)?
+            }
+        };
+        let sender = self.partition_queue(&meta, partition)?;
+        let (reply, receiver) = oneshot::channel();
+        let command = Command::Record {
+            record,
+            timestamp_ms,
+            pending: Pending {
+                reply,
+                _permit: permit,
+            },
+        };
+        match sender.try_send(command) {
+            Ok(()) => Ok(DeliveryFuture { receiver }),
+            Err(TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(TrySendError::Full(command)) => {
+                match tokio::time::timeout_at(deadline, sender.send(command)).await {
+                    Ok(Ok(())) => Ok(DeliveryFuture { receiver }),
+                    Ok(Err(_)) => Err(Error::Closed),
+                    Err(_) => Err(buffer_full()),
+                }
+            }
+        }
+    }
+
+    /// Sends every record queued so far without waiting for `linger`, and waits until each was
+    /// acknowledged or failed (their `DeliveryFuture`s are resolved when this returns).
+    pub async fn flush(&self) {
+        let senders: Vec<mpsc::Sender<Command>> = {
+            let state = lock(&self.inner.state);
+            state
+                .topics
+                .values()
+                .flat_map(|entry| entry.partitions.iter().flatten().cloned())
+                .collect()
+        };
+        let mut waits = Vec::with_capacity(senders.len());
+        for sender in senders {
+            let (done, wait) = oneshot::channel();
+            if sender.send(Command::Flush(done)).await.is_ok() {
+                waits.push(wait);
+            }
+        }
+        for wait in waits {
+            // An error means the task ended, which it does only after finishing its records.
+            let _ = wait.await;
+        }
+    }
+
+    /// Refuses further sends, sends everything queued, waits for every answer and stops the
+    /// partition tasks. Clones of this producer are closed too. A batch still being retried
+    /// is waited for, so this takes at most the retry policy's attempts times
+    /// `request_timeout`, plus backoff.
+    pub async fn close(&self) {
+        let tasks = {
+            let mut state = lock(&self.inner.state);
+            state.closed = true;
+            // Dropping the queues' senders ends each task once it has drained its queue.
+            state.topics.clear();
+            std::mem::take(&mut state.tasks)
+        };
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "producer partition task failed");
+            }
+        }
+    }
+
+    /// The topic's metadata, from the cache or `DescribeTopic`.
+    async fn topic(&self, topic: &str) -> Result<Arc<TopicMeta>> {
+        {
+            let state = lock(&self.inner.state);
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            if let Some(entry) = state.topics.get(topic) {
+                return Ok(entry.meta.clone());
+            }
+        }
+        let config = &self.inner.config;
+        let response = connection::with_retry(
+            &config.retry,
+            Idempotency::Idempotent,
+            config.request_timeout,
+            || {
+                let request = DescribeTopicRequest {
+                    name: topic.to_owned(),
+                };
+                let mut admin = self.inner.admin.clone();
+                async move {
+                    admin
+                        .describe_topic(connection::request(request, config.request_timeout))
+                        .await
+                }
+            },
+        )
+        .await
+        .map_err(|f| Error::broker("describe topic", topic, None, &f.status, f.attempts))?;
+        let description = response.topic.ok_or_else(|| Error::UnexpectedResponse {
+            operation: "describe topic",
+            topic: topic.to_owned(),
+            what: "no topic description".to_owned(),
+        })?;
+        let partitions = u32::try_from(description.partitions.len())
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::UnexpectedResponse {
+                operation: "describe topic",
+                topic: topic.to_owned(),
+                what: format!("{} partitions", description.partitions.len()),
+            })?;
+        let max_batch_bytes = description
+            .config
+            .and_then(|c| c.max_batch_bytes)
+            .map_or(BROKER_MAX_BATCH_BYTES, |bytes| bytes as usize);
+        let meta = Arc::new(TopicMeta {
+            name: Arc::from(topic),
+            partitions,
+            max_batch_bytes,
+            cursor: AtomicU32::new(rand::random()),
+        });
+        let mut state = lock(&self.inner.state);
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let entry = state
+            .topics
+            .entry(meta.name.clone())
+            .or_insert_with(|| TopicEntry {
+                meta,
+                partitions: vec![None; partitions as usize],
+            });
+        Ok(entry.meta.clone())
+    }
+
+    /// The queue of `partition`'s task, starting the task if this is its first record.
+    fn partition_queue(&self, meta: &TopicMeta, partition: u32) -> Result<mpsc::Sender<Command>> {
+        let inner = &self.inner;
+        let mut state = lock(&inner.state);
+        let State {
+            closed,
+            topics,
+            tasks,
+        } = &mut *state;
+        if *closed {
+            return Err(Error::Closed);
+        }
+        let slot = topics
+            .get_mut(&*meta.name)
+            .and_then(|entry| entry.partitions.get_mut(partition as usize))
+            .ok_or(Error::Closed)?;
+        if let Some(sender) = slot {
+            return Ok(sender.clone());
+        }
+        let (sender, receiver) = mpsc::channel(inner.config.partition_queue_records);
+        let task = PartitionTask {
+            topic: meta.name.clone(),
+            partition,
+            log: inner.log.clone(),
+            retry: inner.config.retry,
+            request_timeout: inner.config.request_timeout,
+            linger: inner.config.linger,
+            batch_bytes: inner.config.batch_bytes.min(meta.max_batch_bytes),
+        };
+        tasks.push(tokio::spawn(task.run(receiver)));
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // No code panics while holding the lock; if one did, the state is still consistent.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A message to a partition task.
+enum Command {
+    /// A record to batch and send.
+    Record {
+        record: ProducerRecord,
+        timestamp_ms: i64,
+        pending: Pending,
+    },
+    /// Send what is batched now and answer once everything queued before this is answered.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A record on its way: where its answer goes, and its share of the buffer.
+struct Pending {
+    reply: oneshot::Sender<Result<RecordMetadata>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Accumulates records into one batch at a time: the pure part of a partition task.
+///
+/// `T` is what travels with each record (its [`Pending`] in the producer).
+pub(crate) struct Accumulator<T> {
+    batch_bytes: usize,
+    linger: Duration,
+    builder: BatchBuilder,
+    tickets: Vec<T>,
+    /// When the open batch must be sent: its first record's arrival plus `linger`.
+    deadline: Option<Instant>,
+    /// Size of the last sealed batch, to size the next builder.
+    last_len: usize,
+}
+
+/// A finished batch and the tickets of its records, in order.
+pub(crate) struct Sealed<T> {
+    pub(crate) batch: std::result::Result<Bytes, FormatError>,
+    pub(crate) tickets: Vec<T>,
+}
+
+impl<T> Accumulator<T> {
+    pub(crate) fn new(batch_bytes: usize, linger: Duration) -> Self {
+        Self {
+            batch_bytes,
+            linger,
+            builder: BatchBuilder::with_capacity(4096.min(batch_bytes)),
+            tickets: Vec::new(),
+            deadline: None,
+            last_len: 4096,
+        }
+    }
+
+    /// Adds a record. Returns the batch it closed if the record did not fit in the open one
+    /// (the record then opens the next batch), or the record's ticket with the error if the
+    /// format cannot encode it. A record larger than `batch_bytes` goes alone in a batch.
+    pub(crate) fn push(
+        &mut self,
+        now: Instant,
+        timestamp_ms: i64,
+        record: &ProducerRecord,
+        ticket: T,
+    ) -> (Option<Sealed<T>>, Option<(FormatError, T)>) {
+        let headers: Vec<Header<'_>> = record
+            .headers
+            .iter()
+            .map(|(key, value)| Header {
+                key,
+                value: value.as_deref(),
+            })
+            .collect();
+        let key = record.key.as_deref();
+        let value = record.value.as_deref();
+        let len = self.builder.encoded_len(timestamp_ms, key, value, &headers);
+        let sealed = if !self.builder.is_empty() && self.builder.len() + len > self.batch_bytes {
+            self.seal()
+        } else {
+            None
+        };
+        match self.builder.push(timestamp_ms, key, value, &headers) {
+            Ok(()) => {
+                self.tickets.push(ticket);
+                if self.deadline.is_none() {
+                    self.deadline = Some(now + self.linger);
+                }
+                (sealed, None)
+            }
+            Err(error) => (sealed, Some((error, ticket))),
+        }
+    }
+
+    /// Whether the open batch reached `batch_bytes` and should go without waiting.
+    pub(crate) fn is_full(&self) -> bool {
+        self.builder.len() >= self.batch_bytes
+    }
+
+    /// When the open batch must be sent; `None` if no batch is open.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Records in the open batch.
+    pub(crate) fn record_count(&self) -> usize {
+        self.tickets.len()
+    }
+
+    /// Closes the open batch, if any, and returns it.
+    pub(crate) fn seal(&mut self) -> Option<Sealed<T>> {
+        if self.tickets.is_empty() {
+            return None;
+        }
+        let capacity = self.last_len.max(self.builder.len()).min(self.batch_bytes);
+        let builder = std::mem::replace(&mut self.builder, BatchBuilder::with_capacity(capacity));
+        self.last_len = builder.len();
+        self.deadline = None;
+        Some(Sealed {
+            batch: builder.finish().map(bytes::BytesMut::freeze),
+            tickets: std::mem::take(&mut self.tickets),
+        })
+    }
+}
+
+/// Batches and sends the records of one partition.
+struct PartitionTask {
+    topic: Arc<str>,
+    partition: u32,
+    log: LogClient<Channel>,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+    linger: Duration,
+    batch_bytes: usize,
+}
+
+type InFlight = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl PartitionTask {
+    async fn run(self, mut commands: mpsc::Receiver<Command>) {
+        let task = Arc::new(self);
+        let mut accumulator: Accumulator<Pending> = Accumulator::new(task.batch_bytes, task.linger);
+        // Sealed batches waiting for the one in flight; at most two (see `push`).
+        let mut ready: VecDeque<Sealed<Pending>> = VecDeque::new();
+        let mut in_flight: Option<InFlight> = None;
+        let mut sealed_count: u64 = 0;
+        let mut answered_count: u64 = 0;
+        let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+        let mut open = true;
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        loop {
+            if in_flight.is_none()
+                && let Some(sealed) = ready.pop_front()
+            {
+                in_flight = Some(Box::pin(task.clone().produce(sealed)));
+            }
+            if !open && in_flight.is_none() && ready.is_empty() && accumulator.record_count() == 0 {
+                break;
+            }
+            let deadline = accumulator.deadline();
+            if let Some(deadline) = deadline
+                && linger.deadline() != deadline
+            {
+                linger.as_mut().reset(deadline);
+            }
+            // Read more only while nothing sealed waits: a full pipeline pushes back on `send`.
+            let receive = open && ready.is_empty();
+            let mut seal = false;
+            tokio::select! {
+                () = async {
+                    match in_flight.as_mut() {
+                        Some(produce) => produce.await,
+                        None => std::future::pending().await,
+                    }
+                }, if in_flight.is_some() => {
+                    in_flight = None;
+                    answered_count += 1;
+                    let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut flushes)
+                        .into_iter()
+                        .partition(|(target, _)| *target <= answered_count);
+                    flushes = waiting;
+                    for (_, reply) in done {
+                        let _ = reply.send(());
+                    }
+                }
+                command = commands.recv(), if receive => match command {
+                    Some(Command::Record { record, timestamp_ms, pending }) => {
+                        let (closed, rejected) =
+                            accumulator.push(Instant::now(), timestamp_ms, &record, pending);
+                        if let Some(sealed) = closed {
+                            sealed_count += 1;
+                            ready.push_back(sealed);
+                        }
+                        if let Some((source, pending)) = rejected {
+                            let _ = pending.reply.send(Err(Error::Encode {
+                                topic: task.topic.to_string(),
+                                partition: task.partition,
+                                source,
+                            }));
+                        }
+                        seal = accumulator.is_full();
+                    }
+                    Some(Command::Flush(reply)) => {
+                        if let Some(sealed) = accumulator.seal() {
+                            sealed_count += 1;
+                            ready.push_back(sealed);
+                        }
+                        if answered_count >= sealed_count {
+                            let _ = reply.send(());
+                        } else {
+                            flushes.push((sealed_count, reply));
+                        }
+                    }
+                    None => {
+                        open = false;
+                        seal = true;
+                    }
+                },
+                () = &mut linger, if deadline.is_some() && ready.is_empty() => seal = true,
+            }
+            if seal && let Some(sealed) = accumulator.seal() {
+                sealed_count += 1;
+                ready.push_back(sealed);
+            }
+        }
+        for (_, reply) in flushes {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Sends one batch, retrying as the policy allows, and answers each of its records.
+    async fn produce(self: Arc<Self>, sealed: Sealed<Pending>) {
+        let Sealed { batch, tickets } = sealed;
+        let outcome = match batch {
+            Ok(batch) => self.send_batch(batch, tickets.len()).await,
+            Err(source) => Err(Error::Encode {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                source,
+            }),
+        };
+        match outcome {
+            Ok(response) => {
+                for (index, pending) in (0u64..).zip(tickets) {
+                    let _ = pending.reply.send(Ok(RecordMetadata {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        offset: response.base_offset + index,
+                        append_time_ms: response.append_time_ms,
+                    }));
+                }
+            }
+            Err(error) => {
+                tracing::debug!(
+                    topic = &*self.topic,
+                    partition = self.partition,
+                    records = tickets.len(),
+                    %error,
+                    "batch failed"
+                );
+                for pending in tickets {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    async fn send_batch(&self, batch: Bytes, records: usize) -> Result<ProduceResponse> {
+        let response = connection::with_retry(
+            &self.retry,
+            Idempotency::NonIdempotent,
+            self.request_timeout,
+            || {
+                let request = ProduceRequest {
+                    topic: self.topic.to_string(),
+                    partition: self.partition,
+                    batch: batch.clone(),
+                };
+                let mut log = self.log.clone();
+                let timeout = self.request_timeout;
+                async move { log.produce(connection::request(request, timeout)).await }
+            },
+        )
+        .await
+        .map_err(|f| {
+            Error::broker(
+                "produce to",
+                &self.topic,
+                Some(self.partition),
+                &f.status,
+                f.attempts,
+            )
+        })?;
+        let answered = response
+            .last_offset
+            .checked_sub(response.base_offset)
+            .and_then(|delta| delta.checked_add(1));
+        if answered != Some(records as u64) {
+            return Err(Error::UnexpectedResponse {
+                operation: "produce to",
+                topic: format!("{}/{}", self.topic, self.partition),
+                what: format!(
+                    "offsets {}..={} for a batch of {records} records",
+                    response.base_offset, response.last_offset
+                ),
+            });
+        }
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_storage::format::BatchView;
+
+    fn record(key: &str, value_len: usize) -> ProducerRecord {
+        ProducerRecord::with_key(key.to_owned(), vec![b'v'; value_len])
+    }
+
+    fn records_of(sealed: &Sealed<u32>) -> Vec<(u64, Vec<u8>)> {
+        let batch = match &sealed.batch {
+            Ok(batch) => batch.clone(),
+            Err(error) => panic!("batch failed to encode: {error}"),
+        };
+        let view = match BatchView::new(&batch, usize::MAX) {
+            Ok(view) => view,
+            Err(error) => panic!("invalid batch: {error}"),
+        };
+        view.records()
+            .map(|r| (r.offset, r.key.unwrap_or_default().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn accumulates_until_batch_bytes() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1024, Duration::from_millis(5));
+        assert_eq!(acc.deadline(), None);
+        let mut sealed = Vec::new();
+        for i in 0..20u32 {
+            let (closed, rejected) =
+                acc.push(now, 1_000 + i64::from(i), &record(&format!("k{i}"), 100), i);
+            assert!(rejected.is_none());
+            sealed.extend(closed);
+            assert!(acc.deadline().is_some());
+        }
+        // ~110 bytes a record: 8 fit a 1 KiB batch with its 61-byte header.
+        assert!(sealed.len() >= 2, "{} batches", sealed.len());
+        let mut next = 0u32;
+        for batch in &sealed {
+            let len = batch.batch.as_ref().map_or(0, Bytes::len);
+            assert!(len <= 1024, "batch of {len} bytes");
+            for ticket in &batch.tickets {
+                assert_eq!(*ticket, next, "tickets keep send order");
+                next += 1;
+            }
+            let records = records_of(batch);
+            assert_eq!(records.len(), batch.tickets.len());
+            assert_eq!(records[0].0, 0, "base offset 0 until the broker stamps it");
+        }
+        let rest = acc.seal();
+        assert!(rest.is_some());
+        assert_eq!(acc.record_count(), 0);
+        assert_eq!(acc.deadline(), None);
+        assert!(acc.seal().is_none(), "nothing to seal twice");
+        let total: usize = sealed
+            .iter()
+            .chain(rest.iter())
+            .map(|s| s.tickets.len())
+            .sum();
+        assert_eq!(total, 20);
+    }
+
+    #[test]
+    fn deadline_is_first_record_plus_linger() {
+        let start = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, Duration::from_millis(5));
+        let _ = acc.push(start, 0, &record("a", 1), 0u32);
+        let _ = acc.push(start + Duration::from_millis(3), 0, &record("b", 1), 1);
+        assert_eq!(acc.deadline(), Some(start + Duration::from_millis(5)));
+        assert!(!acc.is_full());
+        let _ = acc.seal();
+        let later = start + Duration::from_millis(9);
+        let _ = acc.push(later, 0, &record("c", 1), 2);
+        assert_eq!(acc.deadline(), Some(later + Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn oversized_record_goes_alone() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1024, Duration::ZERO);
+        let (closed, _) = acc.push(now, 0, &record("small", 10), 0u32);
+        assert!(closed.is_none());
+        let (closed, rejected) = acc.push(now, 0, &record("big", 5000), 1);
+        assert!(rejected.is_none());
+        let closed = closed.map(|s| s.tickets);
+        assert_eq!(closed, Some(vec![0]), "the open batch closes first");
+        assert!(acc.is_full(), "the big record fills its own batch");
+        let big = acc.seal();
+        assert!(matches!(&big, Some(s) if s.tickets == [1]));
+        if let Some(big) = big {
+            let len = big.batch.as_ref().map_or(0, Bytes::len);
+            assert!(len > 5000);
+            assert_eq!(records_of(&big), vec![(0, b"big".to_vec())]);
+        }
+        // A record that just fits stays in the open batch.
+        let mut acc = Accumulator::new(1024, Duration::ZERO);
+        let _ = acc.push(now, 0, &record("a", 400), 0u32);
+        let (closed, _) = acc.push(now, 0, &record("b", 400), 1);
+        assert!(closed.is_none());
+        assert_eq!(acc.record_count(), 2);
+    }
+
+    #[test]
+    fn unencodable_record_is_rejected_alone() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1024, Duration::ZERO);
+        let _ = acc.push(now, i64::MAX, &record("a", 1), 0u32);
+        // Its timestamp delta from the first record overflows i64.
+        let (closed, rejected) = acc.push(now, -10, &record("b", 1), 1);
+        assert!(closed.is_none());
+        assert!(matches!(
+            rejected,
+            Some((FormatError::Unencodable { .. }, 1))
+        ));
+        assert_eq!(acc.record_count(), 1, "the open batch is untouched");
+        let sealed = acc.seal();
+        assert!(matches!(&sealed, Some(s) if s.batch.is_ok()));
+    }
+
+    #[test]
+    fn headers_and_nulls_round_trip() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, Duration::ZERO);
+        let rec = ProducerRecord::default()
+            .header("trace", Some(Bytes::from_static(b"abc")))
+            .header("sluice.priority", None)
+            .timestamp_ms(42);
+        assert_eq!(rec.key, None);
+        assert_eq!(rec.value, None);
+        let _ = acc.push(now, 42, &rec, 0u32);
+        let sealed = acc.seal();
+        let batch = match sealed.map(|s| s.batch) {
+            Some(Ok(batch)) => batch,
+            _ => panic!("no batch"),
+        };
+        let view = BatchView::new(&batch, usize::MAX);
+        assert!(view.is_ok());
+        if let Ok(view) = view {
+            let records: Vec<_> = view.records().collect();
+            assert_eq!(records.len(), 1);
+            assert_eq!(records[0].key, None);
+            assert_eq!(records[0].value, None);
+            assert_eq!(records[0].timestamp, 42);
+            let headers: Vec<_> = records[0].headers().map(|h| (h.key, h.value)).collect();
+            assert_eq!(
+                headers,
+                vec![("trace", Some(&b"abc"[..])), ("sluice.priority", None)]
+            );
+        }
+    }
+
+    #[test]
+    fn buffer_len_counts_payload_and_overhead() {
+        let rec = ProducerRecord::with_key("key", "value").header("h", Some(Bytes::from("vv")));
+        assert_eq!(
+            rec.buffer_len(),
+            RECORD_OVERHEAD_BYTES + 3 + 5 + 1 + 2 + HEADER_OVERHEAD_BYTES
+        );
+        assert_eq!(
+            ProducerRecord::default().buffer_len(),
+            RECORD_OVERHEAD_BYTES
+        );
+    }
+
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn producer_is_send_sync_clone() {
+        assert_send_sync::<Producer>();
+    }
+}

@@ -1,0 +1,160 @@
+//! `sluice topic create|list|describe|delete`.
+
+use super::{BrokerArgs, status};
+use clap::{Args, Subcommand, ValueEnum};
+use sluice_proto::v1 as pb;
+
+#[derive(Debug, Args)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(subcommand)]
+    command: TopicCommand,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Fsync {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Retention by size per partition, bytes (-1: none).
+        #[arg(long, allow_negative_numbers = true)]
+        retention_bytes: Option<i64>,
+        /// Retention by age, ms (-1: forever) [default: 7 days].
+        #[arg(long, allow_negative_numbers = true)]
+        retention_ms: Option<i64>,
+        /// Segment size, bytes [default: 1 GiB].
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+        /// Durability [default: always].
+        #[arg(long, value_enum)]
+        fsync: Option<Fsync>,
+        /// fsync interval with --fsync interval, ms [default: 1000].
+        #[arg(long)]
+        fsync_interval_ms: Option<u64>,
+        /// Largest batch accepted, bytes [default: 4 MiB].
+        #[arg(long)]
+        max_batch_bytes: Option<u32>,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's config and partitions.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+fn print_description(topic: &pb::TopicDescription) {
+    let config = topic.config.unwrap_or_default();
+    let fsync = pb::FsyncPolicy::try_from(config.fsync)
+        .map(|f| {
+            f.as_str_name()
+                .trim_start_matches("FSYNC_POLICY_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    println!("topic {}", topic.name);
+    println!(
+        "  fsync {fsync}  segment_bytes {}  max_batch_bytes {}  retention_bytes {}  retention_ms {}",
+        config.segment_bytes.unwrap_or_default(),
+        config.max_batch_bytes.unwrap_or_default(),
+        config.retention_bytes.unwrap_or(-1),
+        config.retention_ms.unwrap_or(-1),
+    );
+    println!(
+        "  {:>9} {:>14} {:>14} {:>14} {:>12} {:>8}",
+        "partition", "earliest", "latest", "log_end", "bytes", "segments"
+    );
+    for p in &topic.partitions {
+        println!(
+            "  {:>9} {:>14} {:>14} {:>14} {:>12} {:>8}",
+            p.partition,
+            p.earliest_offset,
+            p.latest_offset,
+            p.log_end_offset,
+            p.size_bytes,
+            p.segments
+        );
+    }
+}
+
+pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
+    let mut admin = args.broker.admin().await?;
+    match args.command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_bytes,
+            retention_ms,
+            segment_bytes,
+            fsync,
+            fsync_interval_ms,
+            max_batch_bytes,
+        } => {
+            let fsync = match fsync {
+                None => pb::FsyncPolicy::Unspecified,
+                Some(Fsync::Always) => pb::FsyncPolicy::Always,
+                Some(Fsync::Interval) => pb::FsyncPolicy::Interval,
+                Some(Fsync::Never) => pb::FsyncPolicy::Never,
+            };
+            let created = admin
+                .create_topic(pb::CreateTopicRequest {
+                    name: name.clone(),
+                    partitions,
+                    config: Some(pb::TopicConfig {
+                        retention_bytes,
+                        retention_ms,
+                        segment_bytes,
+                        fsync: fsync as i32,
+                        fsync_interval_ms,
+                        max_batch_bytes,
+                    }),
+                })
+                .await
+                .map_err(|s| status(&format!("creating topic {name:?}"), s))?
+                .into_inner();
+            if let Some(topic) = created.topic {
+                print_description(&topic);
+            }
+        }
+        TopicCommand::List => {
+            let topics = admin
+                .list_topics(pb::ListTopicsRequest {})
+                .await
+                .map_err(|s| status("listing topics", s))?
+                .into_inner()
+                .topics;
+            for topic in topics {
+                println!("{}\t{}", topic.name, topic.partitions);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let described = admin
+                .describe_topic(pb::DescribeTopicRequest { name: name.clone() })
+                .await
+                .map_err(|s| status(&format!("describing topic {name:?}"), s))?
+                .into_inner();
+            if let Some(topic) = described.topic {
+                print_description(&topic);
+            }
+        }
+        TopicCommand::Delete { name } => {
+            admin
+                .delete_topic(pb::DeleteTopicRequest { name: name.clone() })
+                .await
+                .map_err(|s| status(&format!("deleting topic {name:?}"), s))?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
