@@ -3,15 +3,15 @@
 //! Each topic lives in `DATA_DIR/topics/<name>/`: `topic.json` (name, partition count,
 //! settings; written to a temporary file, fsynced and renamed) and one log per partition in
 //! `<partition>/`. The registry is a `RwLock<HashMap>` read on every request for a lookup and
-//! written only by create and delete; it is never held across an `.await`.
+//! written only to insert or remove a topic, never held across disk work or an `.await`.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sluice_proto::v1 as pb;
 use sluice_storage::{Durability, Log, LogConfig, Store};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
@@ -210,6 +210,8 @@ impl Topic {
 pub struct Topics {
     store: Store,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Names being created (reserved while their partitions are made, outside `topics`' lock).
+    creating: Mutex<HashSet<String>>,
     /// Per-partition in-flight bound, bytes.
     partition_inflight_bytes: u32,
 }
@@ -243,6 +245,7 @@ impl Topics {
         let topics = Self {
             store,
             topics: RwLock::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             partition_inflight_bytes,
         };
         let root = topics.store.root().join(TOPICS_DIR);
@@ -348,14 +351,31 @@ impl Topics {
                 "exceeds the broker's max_inflight_bytes_per_partition",
             ));
         }
-        // Hold the write lock across creation so two creates of one name cannot race; the
-        // lock is never held across an .await (this runs on a blocking thread).
-        let mut topics = self.write();
-        if topics.contains_key(name) {
-            return Err(Error::TopicExists {
-                topic: name.to_owned(),
-            });
+        // Reserve the name, then create without the registry lock: creating thousands of
+        // partitions takes fsyncs, and lookups (on async workers) must not wait for them.
+        {
+            let topics = self.read();
+            let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+            if topics.contains_key(name) || !creating.insert(name.to_owned()) {
+                return Err(Error::TopicExists {
+                    topic: name.to_owned(),
+                });
+            }
         }
+        let created = self.create_reserved(name, partitions, settings);
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        created
+    }
+
+    fn create_reserved(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: TopicSettings,
+    ) -> Result<Arc<Topic>> {
         let meta = TopicMeta {
             name: name.to_owned(),
             partitions,
@@ -376,7 +396,7 @@ impl Topics {
                 })?
                 .as_slice(),
         )?;
-        topics.insert(name.to_owned(), Arc::clone(&topic));
+        self.write().insert(name.to_owned(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
