@@ -31,6 +31,10 @@ pub struct Config {
     pub max_inflight_bytes: u32,
     /// Concurrent requests (HTTP/2 streams) per connection. Default 256; 1 ..= 65536.
     pub max_concurrent_streams: u32,
+    /// Produce requests being received at once, whole broker; beyond it a produce is refused
+    /// before its body is read (so at most this × `max_message_bytes` is buffered for
+    /// requests not yet accepted). Default 64; 1 ..= 65536.
+    pub max_produce_requests: usize,
     /// The retry hint sent with `RESOURCE_EXHAUSTED`, ms. Default 50; 1 ..= 60000.
     pub retry_after_ms: u32,
     /// Longest long poll a Fetch may ask for, ms. Default 30000; 0 ..= 300000.
@@ -51,6 +55,7 @@ impl Default for Config {
             max_inflight_bytes_per_connection: 64 << 20,
             max_inflight_bytes: 256 << 20,
             max_concurrent_streams: 256,
+            max_produce_requests: 64,
             retry_after_ms: 50,
             max_fetch_wait_ms: 30_000,
             retention_check_interval_ms: 30_000,

@@ -6,6 +6,7 @@
 //! closes every partition cleanly (synced, clean-shutdown marker written).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod groups;
@@ -138,6 +139,10 @@ pub async fn run(
     // for Nagle against delayed ACK (~44 ms a call; design.md §4).
     let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
     let served = Server::builder()
+        .layer(admission::AdmissionLayer::new(
+            config.max_produce_requests,
+            config.retry_after_ms,
+        ))
         .max_frame_size(1 << 20)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)

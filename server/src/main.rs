@@ -56,6 +56,9 @@ struct ServeArgs {
     /// Produce bytes in flight in the whole broker [default: 256 MiB].
     #[arg(long, env = "SLUICE_MAX_INFLIGHT_BYTES")]
     max_inflight_bytes: Option<u32>,
+    /// Produce requests being received at once [default: 64].
+    #[arg(long, env = "SLUICE_MAX_PRODUCE_REQUESTS")]
+    max_produce_requests: Option<usize>,
     /// Retry hint sent with RESOURCE_EXHAUSTED, ms [default: 50].
     #[arg(long, env = "SLUICE_RETRY_AFTER_MS")]
     retry_after_ms: Option<u32>,
@@ -84,6 +87,7 @@ impl ServeArgs {
             max_inflight_bytes_per_partition,
             max_inflight_bytes_per_connection,
             max_inflight_bytes,
+            max_produce_requests,
             retry_after_ms
         );
         config.validate()?;

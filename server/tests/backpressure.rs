@@ -33,12 +33,14 @@ const TOPIC: &str = "pressure";
 const PARTITION: u32 = 0;
 const SEGMENT_BYTES: u64 = 8 * MIB;
 
-/// In-flight bounds, bytes (`sluice serve` flags).
+/// In-flight bounds, bytes (`sluice serve` flags), and the produce requests admitted for
+/// receiving at once (`--max-produce-requests`).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     broker: u64,
     partition: u64,
     connection: u64,
+    produce_requests: u64,
 }
 
 /// The bounds under test.
@@ -46,12 +48,14 @@ const BOUNDED: Limits = Limits {
     broker: 8 * MIB,
     partition: 4 * MIB,
     connection: 4 * MIB,
+    produce_requests: 16,
 };
 /// The largest bounds the config accepts (4 GiB − 1): in effect no limiter.
 const UNBOUNDED: Limits = Limits {
     broker: u32::MAX as u64,
     partition: u32::MAX as u64,
     connection: u32::MAX as u64,
+    produce_requests: 65_536,
 };
 const RETRY_AFTER_MS: u32 = 25;
 /// The broker's HTTP/2 connection receive window (`initial_connection_window_size` in
@@ -81,19 +85,18 @@ const HANG_GUARD: Duration = Duration::from_secs(120);
 /// What the broker may hold on top of its idle RSS under this load, from its configuration:
 ///   - accepted produce bytes: at most `max_inflight_bytes` (8 MiB), counted twice, since the
 ///     broker copies a batch whose request buffer is shared into a `BytesMut` to stamp it;
-///   - bytes received and not yet decoded: about one HTTP/2 connection window (16 MiB) per
-///     connection — a request that fits one frame is mostly read whole, then refused and freed
-///     at once, or accepted under the first bound. (Not a hard bound: the limiter only sees a
-///     request once tonic has decoded all of it, and until then each open stream may hold up
-///     to `max_message_bytes`; the slack absorbs the difference seen under this load);
+///   - bytes received and not yet decoded: at most `max_produce_requests` (16) requests are
+///     admitted for receiving (the rest are refused on their headers, before their bodies
+///     are read), each ~1 MiB here, and about one HTTP/2 connection window (16 MiB) per
+///     connection of frames in flight when a stream is refused;
 ///   - `SLACK` (96 MiB).
 ///
-/// 2 × 8 + 4 × 16 + 96 = 176 MiB. Measured on a 2-core VM in debug builds with other builds
+/// 2 × 8 + 16 × 1 + 4 × 16 + 96 = 192 MiB. Measured on a 2-core VM in debug builds with other builds
 /// running: 64–96 MiB over a 13–16 MiB baseline with the bounds; 272–277 MiB with the bounds
 /// set to 4 GiB − 1 (the ignored control test), as such a broker holds nearly every request
 /// the clients have outstanding (256 MiB) plus copies.
 fn allowance() -> u64 {
-    2 * BOUNDED.broker + CONNECTIONS * CONNECTION_WINDOW + SLACK
+    2 * BOUNDED.broker + BOUNDED.produce_requests * MIB + CONNECTIONS * CONNECTION_WINDOW + SLACK
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,6 +457,7 @@ async fn overload(
         ("--max-inflight-bytes", limits.broker),
         ("--max-inflight-bytes-per-partition", limits.partition),
         ("--max-inflight-bytes-per-connection", limits.connection),
+        ("--max-produce-requests", limits.produce_requests),
         ("--retry-after-ms", u64::from(RETRY_AFTER_MS)),
     ];
     let args: Vec<String> = flags
@@ -584,7 +588,12 @@ async fn bounded() {
     assert!(!acked.is_empty(), "no call was accepted under load");
 
     // Every refusal carries the configured hint and names a configured bound.
-    let limits = [BOUNDED.partition, BOUNDED.connection, BOUNDED.broker];
+    let limits = [
+        BOUNDED.partition,
+        BOUNDED.connection,
+        BOUNDED.broker,
+        BOUNDED.produce_requests,
+    ];
     for call in &all {
         if let Outcome::Refused {
             retry_after,

@@ -87,9 +87,16 @@ impl pb::log_server::Log for LogService {
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic, partition = request.get_ref().partition, bytes = request.get_ref().batch.len()))]
     async fn produce(
         &self,
-        request: Request<pb::ProduceRequest>,
+        mut request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let peer = request.remote_addr();
+        // The admission permit (admission.rs) covered receiving the body; the in-flight
+        // bounds take over from here.
+        drop(
+            request
+                .extensions_mut()
+                .remove::<crate::admission::Admitted>(),
+        );
         let request = request.into_inner();
         let topic = self.broker.topics.get(&request.topic)?;
         let partition = Arc::clone(topic.partition(request.partition)?);
