@@ -32,6 +32,14 @@ struct Broker {
     _dir: tempfile::TempDir,
 }
 
+/// HTTP/2 frame size the client accepts (SLUICE_BENCH_FRAME_BYTES, default 1 MiB).
+fn frame_size() -> u32 {
+    std::env::var("SLUICE_BENCH_FRAME_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 20)
+}
+
 async fn start_broker() -> Broker {
     // The data directory lives in memory (/dev/shm, where there is one): sustained writes to
     // a disk are throttled to its write-back bandwidth, which is the storage bench's subject
@@ -62,7 +70,8 @@ async fn start_broker() -> Broker {
         .unwrap()
         .tcp_nodelay(true)
         .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20);
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(frame_size());
     let channel = loop {
         match endpoint.connect().await {
             Ok(channel) => break channel,

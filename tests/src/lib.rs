@@ -122,7 +122,8 @@ pub async fn connect(addr: SocketAddr) -> Channel {
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20);
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         match endpoint.connect().await {
