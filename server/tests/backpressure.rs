@@ -12,18 +12,20 @@
 //! without, and ~140 MiB still resident after the load.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{ChildBroker, endpoint};
+
 use bytes::Bytes;
 use sluice_proto::v1 as pb;
 use sluice_storage::format::BatchBuilder;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
 const TOPIC: &str = "pressure";
@@ -100,137 +102,7 @@ fn allowance() -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The broker as a child process.
-
-static STARTS: AtomicU32 = AtomicU32::new(0);
-
-/// A `sluice serve` child. Dropping it kills the process (so a failing test leaves none behind).
-struct ChildBroker {
-    child: Child,
-    addr: SocketAddr,
-    log_path: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Drop for ChildBroker {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-impl ChildBroker {
-    /// Starts `sluice serve` on `data_dir` with fresh loopback ports (retrying when a port
-    /// was taken in between) and waits until it answers gRPC.
-    async fn start(data_dir: &Path, logs: &Path, extra: &[String]) -> ChildBroker {
-        for attempt in 0..5 {
-            let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            if grpc == http {
-                continue;
-            }
-            let log_path = logs.join(format!(
-                "broker-{}-{attempt}.log",
-                STARTS.fetch_add(1, Ordering::Relaxed)
-            ));
-            let log_file = std::fs::File::create(&log_path).expect("create broker log");
-            let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .arg("serve")
-                .arg("--data-dir")
-                .arg(data_dir)
-                .arg("--grpc-addr")
-                .arg(grpc.to_string())
-                .arg("--http-addr")
-                .arg(http.to_string())
-                .args(extra)
-                .env_clear()
-                .env("SLUICE_LOG", "warn")
-                .env("MALLOC_MMAP_THRESHOLD_", "65536")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log_file))
-                .spawn()
-                .expect("spawn sluice serve");
-            let mut broker = ChildBroker {
-                child,
-                addr: grpc,
-                log_path,
-                exited: None,
-            };
-            match broker.wait_ready().await {
-                Ok(()) => return broker,
-                Err(status) => {
-                    broker.exited = Some(status);
-                    let log = broker.log_text();
-                    if log.contains("binding") || log.contains("in use") {
-                        continue;
-                    }
-                    panic!("broker exited during startup with {status}:\n{log}");
-                }
-            }
-        }
-        panic!("could not start the broker on free ports after 5 attempts");
-    }
-
-    /// Waits until a ListTopics call succeeds; `Err` if the process exited first.
-    async fn wait_ready(&mut self) -> Result<(), ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Err(status);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker not ready within 60 s:\n{}",
-                self.log_text()
-            );
-            let attempt = async {
-                let channel = endpoint(self.addr).connect().await.ok()?;
-                pb::admin_client::AdminClient::new(channel)
-                    .list_topics(pb::ListTopicsRequest {})
-                    .await
-                    .ok()
-            };
-            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// A client on a fresh connection.
-    async fn log_client(&self) -> pb::log_client::LogClient<Channel> {
-        let channel = endpoint(self.addr).connect().await.expect("connect");
-        pb::log_client::LogClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
-    }
-}
-
-fn endpoint(addr: SocketAddr) -> Endpoint {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-}
+// The broker's memory.
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
 fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
@@ -464,7 +336,13 @@ async fn overload(
         .iter()
         .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
         .collect();
-    let broker = ChildBroker::start(data, logs, &args).await;
+    let broker = ChildBroker::start(
+        data,
+        logs,
+        &args,
+        &[("SLUICE_LOG", "warn"), ("MALLOC_MMAP_THRESHOLD_", "65536")],
+    )
+    .await;
     let pid = broker.pid();
     pb::admin_client::AdminClient::new(endpoint(broker.addr).connect().await.unwrap())
         .create_topic(pb::CreateTopicRequest {

@@ -9,17 +9,20 @@
 //! batch that was not acknowledged is the one its producer had in flight, and produce works again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::ChildBroker;
+
 use bytes::{Bytes, BytesMut};
 use sluice_proto::v1 as pb;
 use sluice_storage::format::{BatchBuilder, BatchPrefix, BatchView};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const TOPIC: &str = "durable";
 const PARTITIONS: u32 = 3;
@@ -33,174 +36,6 @@ const SEGMENT_BYTES: u64 = 64 << 10;
 const MAX_BATCH_BYTES: u32 = 16 << 10;
 /// Hang guard for a whole test (not a performance threshold).
 const HANG_GUARD: Duration = Duration::from_secs(180);
-
-// ---------------------------------------------------------------------------------------------
-// The broker as a child process.
-
-/// A `sluice serve` child. Dropping it kills the process (so a failing test leaves none behind).
-struct ChildBroker {
-    child: Child,
-    addr: SocketAddr,
-    log_path: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Drop for ChildBroker {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Broker starts in this test binary, to name their log files.
-static STARTS: AtomicU32 = AtomicU32::new(0);
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-impl ChildBroker {
-    /// Starts `sluice serve` on `data_dir` with fresh loopback ports, retrying when a port was
-    /// taken between probing and binding, and waits until it answers gRPC.
-    async fn start(data_dir: &Path, logs: &Path, extra: &[&str]) -> ChildBroker {
-        for attempt in 0..5 {
-            let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            if grpc == http {
-                continue;
-            }
-            let log_path = logs.join(format!(
-                "broker-{}-{attempt}.log",
-                STARTS.fetch_add(1, Ordering::Relaxed)
-            ));
-            let log_file = std::fs::File::create(&log_path).expect("create broker log");
-            let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .arg("serve")
-                .arg("--data-dir")
-                .arg(data_dir)
-                .arg("--grpc-addr")
-                .arg(grpc.to_string())
-                .arg("--http-addr")
-                .arg(http.to_string())
-                .args(extra)
-                .env_clear()
-                .env("SLUICE_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log_file))
-                .spawn()
-                .expect("spawn sluice serve");
-            let mut broker = ChildBroker {
-                child,
-                addr: grpc,
-                log_path,
-                exited: None,
-            };
-            match broker.wait_ready().await {
-                Ok(()) => return broker,
-                Err(status) => {
-                    broker.exited = Some(status);
-                    let log = broker.log_text();
-                    if log.contains("binding") || log.contains("in use") {
-                        continue;
-                    }
-                    panic!("broker exited during startup with {status}:\n{log}");
-                }
-            }
-        }
-        panic!("could not start the broker on free ports after 5 attempts");
-    }
-
-    /// Waits until a ListTopics call succeeds; `Err` if the process exited first.
-    async fn wait_ready(&mut self) -> Result<(), ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Err(status);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker not ready within 60 s:\n{}",
-                self.log_text()
-            );
-            let attempt = async {
-                let channel = endpoint(self.addr).connect().await.ok()?;
-                pb::admin_client::AdminClient::new(channel)
-                    .list_topics(pb::ListTopicsRequest {})
-                    .await
-                    .ok()
-            };
-            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// A fresh connection to the broker.
-    async fn channel(&self) -> Channel {
-        endpoint(self.addr)
-            .connect()
-            .await
-            .expect("connect to broker")
-    }
-
-    async fn log_client(&self) -> pb::log_client::LogClient<Channel> {
-        pb::log_client::LogClient::new(self.channel().await)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
-    }
-
-    /// SIGKILL, as `kill -9`: no chance to sync or write markers.
-    fn kill_hard(&mut self) -> ExitStatus {
-        self.child.kill().expect("SIGKILL the broker");
-        let status = self.child.wait().expect("wait for the broker");
-        self.exited = Some(status);
-        status
-    }
-
-    /// SIGTERM via coreutils `kill`, then waits up to 60 s for the process to exit.
-    async fn terminate(&mut self) -> ExitStatus {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill -TERM");
-        assert!(sent.success(), "kill -TERM {} failed: {sent}", self.pid());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.exited = Some(status);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not exit within 60 s of SIGTERM:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-fn endpoint(addr: SocketAddr) -> Endpoint {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-}
 
 // ---------------------------------------------------------------------------------------------
 // The load.
@@ -568,7 +403,7 @@ async fn sigkill_mid_load() {
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let mut broker = ChildBroker::start(data.path(), logs.path(), &[]).await;
+    let mut broker = ChildBroker::start(data.path(), logs.path(), &[], &[]).await;
     create_topic(&broker).await;
     let (sent, status) = load_then_stop(&mut broker, Stop::Kill).await;
     assert!(!status.success(), "SIGKILL exits unsuccessfully: {status}");
@@ -586,7 +421,7 @@ async fn sigkill_mid_load() {
     }
     drop(broker);
 
-    let mut broker = ChildBroker::start(data.path(), logs.path(), &[]).await;
+    let mut broker = ChildBroker::start(data.path(), logs.path(), &[], &[]).await;
     let (acked, unacked) = verify(&broker, &sent).await;
     produce_again(&broker).await;
     // The recovered broker also stops cleanly.
@@ -614,7 +449,7 @@ async fn sigterm_mid_load() {
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let mut broker = ChildBroker::start(data.path(), logs.path(), &[]).await;
+    let mut broker = ChildBroker::start(data.path(), logs.path(), &[], &[]).await;
     create_topic(&broker).await;
     let (sent, status) = load_then_stop(&mut broker, Stop::Term).await;
     assert!(
@@ -632,7 +467,7 @@ async fn sigterm_mid_load() {
     }
     drop(broker);
 
-    let mut broker = ChildBroker::start(data.path(), logs.path(), &[]).await;
+    let mut broker = ChildBroker::start(data.path(), logs.path(), &[], &[]).await;
     // Opening consumed the markers: the next crash will not be mistaken for a clean stop.
     for dir in partition_dirs(data.path()) {
         assert!(
