@@ -39,8 +39,12 @@ pub struct Config {
     pub retry_after_ms: u32,
     /// Longest long poll a Fetch may ask for, ms. Default 30000; 0 ..= 300000.
     pub max_fetch_wait_ms: u32,
-    /// How often retention runs over all partitions, ms. Default 30000; 100 ..= 86400000.
+    /// How often retention runs over all partitions (and committed offsets are compacted),
+    /// ms. Default 30000; 100 ..= 86400000.
     pub retention_check_interval_ms: u64,
+    /// Segment size of the internal `__consumer_offsets` topic when it is created; compaction
+    /// frees whole segments. Default 64 MiB; 4 KiB ..= 1 GiB.
+    pub offsets_segment_bytes: u64,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
             retry_after_ms: 50,
             max_fetch_wait_ms: 30_000,
             retention_check_interval_ms: 30_000,
+            offsets_segment_bytes: 64 << 20,
         }
     }
 }
@@ -155,6 +160,13 @@ impl Config {
             100,
             86_400_000,
             "must be within 100..=86400000",
+        )?;
+        check(
+            "offsets_segment_bytes",
+            self.offsets_segment_bytes,
+            4096,
+            1 << 30,
+            "must be within 4 KiB..=1 GiB",
         )?;
         Ok(())
     }

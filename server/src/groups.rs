@@ -10,14 +10,17 @@
 //! value = { u64 offset | metadata (UTF-8) }              (offset little-endian)
 //! ```
 //!
-//! The topic is not compacted yet (compaction is its own issue): it grows by one record per
-//! committed partition; replay cost is linear in it.
+//! The topic is kept small by copying forward: [`Offsets::compact`] re-appends the latest
+//! commit of every key whose record sits in a sealed segment, then deletes those segments
+//! whole. So the log holds about one record per live key plus the commits since the last pass,
+//! and replay is linear in that. (Storage-level compaction, `cleanup = compact` for any topic,
+//! is its own feature; this needs only whole-segment deletion.)
 
 use crate::error::{Error, Result};
 use crate::topics::{Fsync, Topic, TopicSettings, Topics};
 use sluice_storage::format::{BatchBuilder, BatchPrefix, BatchView};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Name of the internal topic.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -55,7 +58,13 @@ fn keep_latest(committed: &mut HashMap<Key, Committed>, key: Key, commit: Commit
 pub struct Offsets {
     topic: Arc<Topic>,
     committed: RwLock<HashMap<Key, Committed>>,
+    /// Serializes appends (commits and compaction), so that a record copied forward never
+    /// lands after a newer commit of its key.
+    writes: Mutex<()>,
 }
+
+/// Records per batch when compaction copies commits forward.
+const COMPACT_BATCH_RECORDS: usize = 1000;
 
 fn encode_key(group: &str, topic: &str, partition: u32) -> String {
     format!("{group}\0{topic}\0{partition}")
@@ -86,18 +95,19 @@ pub fn validate_group(group: &str) -> Result<()> {
 }
 
 impl Offsets {
-    /// Opens (creating if needed) the internal topic and replays it (blocking).
-    pub fn open(topics: &Topics) -> Result<Self> {
+    /// Opens (creating if needed, with `segment_bytes` segments) the internal topic and
+    /// replays it (blocking).
+    pub fn open(topics: &Topics, segment_bytes: u64) -> Result<Self> {
         let topic = match topics.get(OFFSETS_TOPIC) {
             Ok(topic) => topic,
             Err(_) => {
                 let settings = TopicSettings {
                     retention_bytes: None,
                     retention_ms: None,
-                    segment_bytes: 64 << 20,
+                    segment_bytes,
                     fsync: Fsync::Always,
                     fsync_interval_ms: 1000,
-                    max_batch_bytes: 1 << 20,
+                    max_batch_bytes: segment_bytes.min(1 << 20) as u32,
                 };
                 topics.create(OFFSETS_TOPIC, 1, settings, true)?
             }
@@ -105,6 +115,7 @@ impl Offsets {
         let offsets = Self {
             topic,
             committed: RwLock::new(HashMap::new()),
+            writes: Mutex::new(()),
         };
         offsets.replay()?;
         Ok(offsets)
@@ -188,6 +199,7 @@ impl Offsets {
         }
         let mut batch = builder.finish().map_err(sluice_storage::Error::from)?;
         let log = &self.topic.partition(0)?.log;
+        let _writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let appended = log.append(&mut batch)?;
         let durable = log.flush()?;
         debug_assert!(durable > appended.last_offset);
@@ -204,6 +216,58 @@ impl Offsets {
             );
         }
         Ok(())
+    }
+
+    /// Copies forward the latest commit of every key whose record sits in a sealed segment,
+    /// makes the copies durable, then deletes those segments (blocking). Returns the segments
+    /// deleted; does nothing while the log has a single segment.
+    pub fn compact(&self) -> Result<usize> {
+        let log = &self.topic.partition(0)?.log;
+        let bases = log.segment_bases();
+        let Some(&cutoff) = bases.last().filter(|_| bases.len() > 1) else {
+            return Ok(0);
+        };
+        let _writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<(Key, Committed)> = self
+            .committed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, commit)| commit.log_offset < cutoff)
+            .map(|(key, commit)| (key.clone(), commit.clone()))
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for chunk in live.chunks(COMPACT_BATCH_RECORDS) {
+            let mut builder = BatchBuilder::new();
+            for ((group, topic, partition), commit) in chunk {
+                let key = encode_key(group, topic, *partition);
+                let mut value = Vec::with_capacity(8 + commit.metadata.len());
+                value.extend_from_slice(&commit.offset.to_le_bytes());
+                value.extend_from_slice(commit.metadata.as_bytes());
+                builder
+                    .push(now, Some(key.as_bytes()), Some(&value), &[])
+                    .map_err(sluice_storage::Error::from)?;
+            }
+            let mut batch = builder.finish().map_err(sluice_storage::Error::from)?;
+            let appended = log.append(&mut batch)?;
+            let mut committed = self.committed.write().unwrap_or_else(|p| p.into_inner());
+            for (i, (key, commit)) in chunk.iter().enumerate() {
+                keep_latest(
+                    &mut committed,
+                    key.clone(),
+                    Committed {
+                        log_offset: appended.base_offset + i as u64,
+                        ..commit.clone()
+                    },
+                );
+            }
+        }
+        log.flush()?;
+        let deleted = log.delete_before(cutoff)?;
+        tracing::debug!(copied = live.len(), deleted, "compacted committed offsets");
+        Ok(deleted)
     }
 
     /// The committed offset of one partition, if any.

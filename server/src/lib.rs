@@ -68,7 +68,7 @@ pub async fn run(
                 },
             )?;
             let topics = topics::Topics::open(store, config.max_inflight_bytes_per_partition)?;
-            let offsets = groups::Offsets::open(&topics)?;
+            let offsets = groups::Offsets::open(&topics, config.offsets_segment_bytes)?;
             let limiter = inflight::Limiter::new(
                 config.max_inflight_bytes,
                 config.max_inflight_bytes_per_connection,
@@ -172,7 +172,8 @@ pub async fn run(
     closed
 }
 
-/// Runs retention over every partition on the configured interval until shutdown.
+/// Runs retention over every partition, and compacts committed offsets, on the configured
+/// interval until shutdown.
 async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(broker.config.retention_check_interval_ms);
     loop {
@@ -183,6 +184,7 @@ async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         let broker = Arc::clone(&broker);
         if let Err(error) = error::blocking(move || {
             broker.topics.enforce_retention();
+            broker.offsets.compact()?;
             Ok(())
         })
         .await

@@ -673,6 +673,37 @@ impl Log {
         Ok(deleted)
     }
 
+    /// Deletes the oldest sealed segments that hold only offsets below `offset` (and below the
+    /// high watermark): the log's owner no longer needs them, as when it has copied what it
+    /// keeps forward. Whole segments only; returns the segments deleted.
+    pub fn delete_before(&self, offset: u64) -> Result<usize> {
+        let limit = offset.min(self.high_watermark());
+        let mut deleted = 0;
+        loop {
+            let oldest = {
+                let segments = self.read_segments();
+                if segments.len() <= 1 {
+                    break;
+                }
+                Arc::clone(&segments[0])
+            };
+            if !oldest.is_sealed() || oldest.next_offset() > limit {
+                break;
+            }
+            self.delete_oldest(&oldest)?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Base offsets of the segments, oldest first; the last is the active segment's.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.read_segments().iter().map(|s| s.base_offset).collect()
+    }
+
     fn delete_oldest(&self, oldest: &Arc<Segment>) -> Result<()> {
         {
             let mut segments = self.write_segments();

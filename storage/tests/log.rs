@@ -424,3 +424,26 @@ fn offset_for_time_before_index_entries_are_written() {
     // Nothing was appended after 200 ms (broker time), whatever the records' own clocks say.
     assert_eq!(log.offset_for_time(201).unwrap(), None);
 }
+
+#[test]
+fn delete_before_removes_whole_segments_below_an_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let log = store
+        .open_log("t/0", small_config(Durability::Never))
+        .unwrap();
+    for tag in 0..300u64 {
+        log.append(&mut batch(tag, 2, 300, 1)).unwrap();
+    }
+    let bases = log.segment_bases();
+    assert!(bases.len() >= 3, "{bases:?}");
+    // Nothing below the first segment's end: nothing deleted.
+    assert_eq!(log.delete_before(bases[1] - 1).unwrap(), 0);
+    assert_eq!(log.delete_before(bases[2]).unwrap(), 2);
+    assert_eq!(log.earliest_offset(), bases[2]);
+    assert_eq!(log.segment_bases()[0], bases[2]);
+    // Never the active segment, whatever the offset.
+    log.delete_before(u64::MAX).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.high_watermark(), 600);
+}

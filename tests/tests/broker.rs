@@ -440,6 +440,130 @@ async fn topics_admin_and_group_offsets_survive_restart() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     create_topic(&broker, "orders", 1, pb::TopicConfig::default()).await;
+    let early = groups
+        .fetch_offsets(pb::FetchOffsetsRequest {
+            group: "early".into(),
+            topic: "t".into(),
+            partitions: vec![3],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets;
+    assert_eq!(early[0].offset, Some(42));
+    assert_eq!(early[0].metadata, "once");
+    broker.stop().await;
+    drop(keep);
+}
+
+#[tokio::test]
+async fn committed_offsets_are_compacted_and_survive_restart() {
+    let broker = TestBroker::start_with(|c| {
+        c.offsets_segment_bytes = 4096;
+        c.retention_check_interval_ms = 100;
+    })
+    .await;
+    create_topic(&broker, "t", 4, pb::TopicConfig::default()).await;
+    let mut log = broker.log().await;
+    for partition in 0..4 {
+        log.produce(produce("t", partition, batch("x", 100, 1, now_ms())))
+            .await
+            .unwrap();
+    }
+    let mut groups = broker.groups().await;
+    // A group that commits once, first: its only record sits in the oldest segment, so it
+    // survives only if compaction copies it forward before deleting that segment.
+    groups
+        .commit_offsets(pb::CommitOffsetsRequest {
+            group: "early".into(),
+            topic: "t".into(),
+            offsets: vec![pb::PartitionOffset {
+                partition: 3,
+                offset: 42,
+                metadata: "once".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    let rounds = 60u64;
+    for round in 0..rounds {
+        for group in ["a", "b"] {
+            groups
+                .commit_offsets(pb::CommitOffsetsRequest {
+                    group: group.into(),
+                    topic: "t".into(),
+                    offsets: (0..4)
+                        .map(|partition| pb::PartitionOffset {
+                            partition,
+                            offset: round + u64::from(partition),
+                            metadata: format!("{group}-{round}"),
+                        })
+                        .collect(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // 480 commits of ~40 bytes span several 4 KiB segments; compaction copies the 8 live ones
+    // forward and deletes the rest (bounded wait for the background pass).
+    let mut admin = broker.admin().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let internal = admin
+            .describe_topic(pb::DescribeTopicRequest {
+                name: "__consumer_offsets".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .topic
+            .unwrap();
+        let partition = &internal.partitions[0];
+        if partition.earliest_offset > 0 && partition.segments <= 2 {
+            assert!(partition.latest_offset - partition.earliest_offset < 100);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "offsets never compacted: {partition:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (dir, keep) = broker.stop_keeping_dir().await;
+    let broker = TestBroker::start_in(dir, |_| {}).await;
+    let mut groups = broker.groups().await;
+    for group in ["a", "b"] {
+        let committed = groups
+            .fetch_offsets(pb::FetchOffsetsRequest {
+                group: group.into(),
+                topic: "t".into(),
+                partitions: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .offsets;
+        for c in committed {
+            assert_eq!(
+                c.offset,
+                Some(rounds - 1 + u64::from(c.partition)),
+                "{group}"
+            );
+            assert_eq!(c.metadata, format!("{group}-{}", rounds - 1));
+        }
+    }
+    let early = groups
+        .fetch_offsets(pb::FetchOffsetsRequest {
+            group: "early".into(),
+            topic: "t".into(),
+            partitions: vec![3],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets;
+    assert_eq!(early[0].offset, Some(42));
+    assert_eq!(early[0].metadata, "once");
     broker.stop().await;
     drop(keep);
 }
