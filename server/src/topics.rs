@@ -208,7 +208,11 @@ impl Topic {
 /// All topics of the broker.
 #[derive(Debug)]
 pub struct Topics {
-    store: Store,
+    /// The data directory's store; taken (and so unlocked) by `close_all`, even while
+    /// requests still hold the registry.
+    store: RwLock<Option<Store>>,
+    /// The data directory.
+    root: PathBuf,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Names being created (reserved while their partitions are made, outside `topics`' lock).
     creating: Mutex<HashSet<String>>,
@@ -243,12 +247,13 @@ impl Topics {
     /// Opens every topic found under the data directory (blocking: run it off the runtime).
     pub fn open(store: Store, partition_inflight_bytes: u32) -> Result<Self> {
         let topics = Self {
-            store,
+            root: store.root().to_path_buf(),
+            store: RwLock::new(Some(store)),
             topics: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             partition_inflight_bytes,
         };
-        let root = topics.store.root().join(TOPICS_DIR);
+        let root = topics.root.join(TOPICS_DIR);
         if root.exists() {
             let entries = std::fs::read_dir(&root).map_err(|e| Error::io("list", &root, e))?;
             for entry in entries {
@@ -282,16 +287,21 @@ impl Topics {
     }
 
     fn topic_dir(&self, name: &str) -> PathBuf {
-        self.store.root().join(TOPICS_DIR).join(name)
+        self.root.join(TOPICS_DIR).join(name)
     }
 
     fn open_topic(&self, meta: &TopicMeta) -> Result<Topic> {
         let config = meta.settings.log_config()?;
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let store = store.as_ref().ok_or_else(|| {
+            Error::Storage(sluice_storage::Error::Closed {
+                dir: self.root.clone(),
+            })
+        })?;
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for id in 0..meta.partitions {
-            let log = self
-                .store
-                .open_log(&format!("{TOPICS_DIR}/{}/{id}", meta.name), config.clone())?;
+            let log =
+                store.open_log(&format!("{TOPICS_DIR}/{}/{id}", meta.name), config.clone())?;
             let (sender, receiver) = watch::channel(log.high_watermark());
             log.on_high_watermark(Box::new(move |hw| {
                 sender.send_replace(hw);
@@ -433,13 +443,9 @@ impl Topics {
         }
     }
 
-    /// The store, for internal logs.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Closes every partition cleanly (blocking): synced, files cut to length, clean-shutdown
-    /// markers written. The registry empties; the store closes when the last holder drops it.
+    /// markers written. The registry empties and the store is dropped, which unlocks the data
+    /// directory for the next broker even if a connection task still holds this registry.
     pub fn close_all(&self) {
         let topics: Vec<Arc<Topic>> = self.write().drain().map(|(_, topic)| topic).collect();
         for topic in topics {
@@ -449,6 +455,7 @@ impl Topics {
                 }
             }
         }
+        drop(self.store.write().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 

@@ -12,6 +12,19 @@ fn store(dir: &std::path::Path) -> Store {
     Store::open(dir, StoreConfig::default()).unwrap()
 }
 
+/// A store whose clock moves only when the test stores a new time (ms) in the handle.
+fn manual_store(
+    dir: &std::path::Path,
+    start_ms: i64,
+) -> (Store, std::sync::Arc<std::sync::atomic::AtomicI64>) {
+    let (clock, now) = Clock::manual(start_ms);
+    let config = StoreConfig {
+        clock,
+        ..StoreConfig::default()
+    };
+    (Store::open(dir, config).unwrap(), now)
+}
+
 #[test]
 fn append_assigns_dense_offsets_and_reads_back_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -151,15 +164,7 @@ fn concurrent_flushes_coalesce() {
 #[test]
 fn offset_for_time_finds_first_batch_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
-    let (clock, now) = Clock::manual(10_000);
-    let store = Store::open(
-        dir.path(),
-        StoreConfig {
-            clock,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let (store, now) = manual_store(dir.path(), 10_000);
     let config = LogConfig {
         index_interval_bytes: 64,
         ..small_config(Durability::Never)
@@ -182,15 +187,7 @@ fn offset_for_time_finds_first_batch_at_or_after() {
 #[test]
 fn retention_by_bytes_and_age_deletes_whole_old_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let (clock, now) = Clock::manual(1_000_000);
-    let store = Store::open(
-        dir.path(),
-        StoreConfig {
-            clock,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let (store, now) = manual_store(dir.path(), 1_000_000);
     let config = LogConfig {
         retention_bytes: Some(128 * 1024),
         retention_age: Some(std::time::Duration::from_secs(60)),
@@ -271,15 +268,7 @@ fn store_is_locked_and_names_are_checked() {
 #[test]
 fn rolls_by_age() {
     let dir = tempfile::tempdir().unwrap();
-    let (clock, now) = Clock::manual(1_000);
-    let store = Store::open(
-        dir.path(),
-        StoreConfig {
-            clock,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let (store, now) = manual_store(dir.path(), 1_000);
     let config = LogConfig {
         segment_age: std::time::Duration::from_secs(10),
         ..small_config(Durability::Never)
@@ -403,15 +392,7 @@ fn offset_for_time_before_index_entries_are_written() {
     // Entries are buffered: with two small batches none is readable yet, and the search must
     // still tell the batches apart by their timestamps.
     let dir = tempfile::tempdir().unwrap();
-    let (clock, now) = Clock::manual(100);
-    let store = Store::open(
-        dir.path(),
-        StoreConfig {
-            clock,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let (store, now) = manual_store(dir.path(), 100);
     let log = store
         .open_log("t/0", small_config(Durability::Never))
         .unwrap();
