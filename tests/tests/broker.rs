@@ -236,6 +236,17 @@ async fn bad_requests_get_statuses_naming_the_problem() {
         status.message()
     );
 
+    let status = log
+        .produce(produce("__consumer_offsets", 0, batch("x", 1, 1, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("internal topics"),
+        "{}",
+        status.message()
+    );
+
     let status = create_error(&mut admin, "bad/name", 1).await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(

@@ -99,6 +99,15 @@ impl pb::log_server::Log for LogService {
         );
         let request = request.into_inner();
         let topic = self.broker.topics.get(&request.topic)?;
+        if topic.name.starts_with("__") {
+            // Internal topics (committed offsets) are written by the broker alone.
+            return Err(Error::invalid(
+                "topic",
+                &topic.name,
+                "internal topics are written by the broker only",
+            )
+            .into());
+        }
         let partition = Arc::clone(topic.partition(request.partition)?);
         let len = request.batch.len();
         let max = topic.settings.max_batch_bytes;
