@@ -29,6 +29,9 @@ pub struct Config {
     /// Produce bytes accepted but not yet acknowledged, whole broker: the bound on memory held
     /// for produce requests. Default 256 MiB; 64 KiB ..= 4 GiB − 1.
     pub max_inflight_bytes: u32,
+    /// Client connections at once; beyond it the broker stops accepting until one closes.
+    /// Default 1024; 1 ..= 1000000.
+    pub max_connections: usize,
     /// Concurrent requests (HTTP/2 streams) per connection. Default 256; 1 ..= 65536.
     pub max_concurrent_streams: u32,
     /// Produce requests being received at once, whole broker; beyond it a produce is refused
@@ -58,6 +61,7 @@ impl Default for Config {
             max_inflight_bytes_per_partition: 64 << 20,
             max_inflight_bytes_per_connection: 64 << 20,
             max_inflight_bytes: 256 << 20,
+            max_connections: 1024,
             max_concurrent_streams: 256,
             max_produce_requests: 64,
             retry_after_ms: 50,

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod groups;
 pub mod grpc;
@@ -27,7 +28,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 /// What the services share.
 #[derive(Debug)]
@@ -135,9 +135,8 @@ pub async fn run(
     let groups = GroupsServer::new(grpc::groups::GroupsService::new(Arc::clone(&broker)))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    // serve_with_incoming ignores Server::tcp_nodelay: without NODELAY every response waits
-    // for Nagle against delayed ACK (~44 ms a call; design.md §4).
-    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+    // serve_with_incoming ignores Server::tcp_nodelay; connections.rs sets it on each one.
+    let incoming = connections::incoming(grpc, config.max_connections, stop.clone());
     let served = Server::builder()
         .layer(admission::AdmissionLayer::new(
             config.max_produce_requests,

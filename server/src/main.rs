@@ -56,6 +56,9 @@ struct ServeArgs {
     /// Produce bytes in flight in the whole broker [default: 256 MiB].
     #[arg(long, env = "SLUICE_MAX_INFLIGHT_BYTES")]
     max_inflight_bytes: Option<u32>,
+    /// Client connections at once [default: 1024].
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Produce requests being received at once [default: 64].
     #[arg(long, env = "SLUICE_MAX_PRODUCE_REQUESTS")]
     max_produce_requests: Option<usize>,
@@ -87,6 +90,7 @@ impl ServeArgs {
             max_inflight_bytes_per_partition,
             max_inflight_bytes_per_connection,
             max_inflight_bytes,
+            max_connections,
             max_produce_requests,
             retry_after_ms
         );

@@ -563,3 +563,28 @@ async fn committed_offsets_are_compacted_and_survive_restart() {
     broker.stop().await;
     drop(keep);
 }
+
+#[tokio::test]
+async fn connections_beyond_the_bound_wait_for_one_to_close() {
+    let broker = TestBroker::start_with(|c| c.max_connections = 1).await;
+    let mut first = broker.admin().await;
+    first.list_topics(pb::ListTopicsRequest {}).await.unwrap();
+    // A second connection is not served while the first is open...
+    let addr = broker.addr;
+    let second = tokio::spawn(async move {
+        let channel = sluice_tests::connect(addr).await;
+        pb::admin_client::AdminClient::new(channel)
+            .list_topics(pb::ListTopicsRequest {})
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "a second connection was served");
+    // ...and is, once the first closes.
+    drop(first);
+    let answered = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("served after the first connection closed")
+        .unwrap();
+    assert!(answered.is_ok(), "{answered:?}");
+    broker.stop().await;
+}
