@@ -64,6 +64,18 @@ fn next_offset(mut batches: &[u8]) -> Option<u64> {
     next
 }
 
+/// Reads from a partition on the blocking pool: a read is mostly a slice of a mapped segment,
+/// but a segment not in the store's cache is opened and mapped first (and its index checked
+/// or rebuilt), which is file I/O that must not run on an async worker.
+async fn read_blocking(
+    partition: &Arc<Partition>,
+    offset: u64,
+    max_bytes: u64,
+) -> Result<sluice_storage::ReadResult, Error> {
+    let partition = Arc::clone(partition);
+    blocking(move || Ok(partition.log.read(offset, max_bytes)?)).await
+}
+
 /// Completes when the high watermark passes `offset` (true) or the partition is gone (false).
 async fn advanced(mut watermark: watch::Receiver<u64>, offset: u64) -> bool {
     watermark.wait_for(|hw| *hw > offset).await.is_ok()
@@ -159,10 +171,7 @@ impl pb::log_server::Log for LogService {
             .min(self.broker.config.max_fetch_wait_ms);
         // Subscribe to the watermark before reading, so no advance is missed in between.
         let watermark = partition.high_watermark.clone();
-        let mut read = partition
-            .log
-            .read(request.offset, max_bytes)
-            .map_err(Error::from)?;
+        let mut read = read_blocking(&partition, request.offset, max_bytes).await?;
         if read.batches.is_empty() && wait > 0 {
             let offset = request.offset;
             tokio::select! {
@@ -172,10 +181,7 @@ impl pb::log_server::Log for LogService {
                 ) => {}
                 () = stopped(self.broker.shutdown.clone()) => {}
             }
-            read = partition
-                .log
-                .read(request.offset, max_bytes)
-                .map_err(Error::from)?;
+            read = read_blocking(&partition, request.offset, max_bytes).await?;
         }
         Ok(Response::new(fetch_response(
             &partition,
@@ -196,17 +202,17 @@ impl pb::log_server::Log for LogService {
         let partition = self.partition(&request.topic, request.partition)?;
         let max_bytes = self.fetch_bytes(request.max_bytes);
         // Refuse a bad start at once rather than in the stream.
-        partition.log.read(request.offset, 0).map_err(Error::from)?;
+        read_blocking(&partition, request.offset, 0).await?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
         let shutdown = self.broker.shutdown.clone();
         let watermark = partition.high_watermark.clone();
         tokio::spawn(async move {
             let mut offset = request.offset;
             loop {
-                let read = match partition.log.read(offset, max_bytes) {
+                let read = match read_blocking(&partition, offset, max_bytes).await {
                     Ok(read) => read,
                     Err(error) => {
-                        let _ = sender.send(Err(Error::from(error).into())).await;
+                        let _ = sender.send(Err(error.into())).await;
                         return;
                     }
                 };
