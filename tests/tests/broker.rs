@@ -7,6 +7,16 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
+/// Asserts a status's code and that its message names the problem.
+fn expect_status(status: &tonic::Status, code: Code, needle: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{:?} does not name {needle:?}",
+        status.message()
+    );
+}
+
 /// The status of a CreateTopic that must fail.
 async fn create_error(
     admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
@@ -218,65 +228,35 @@ async fn bad_requests_get_statuses_naming_the_problem() {
         .produce(produce("nope", 0, batch("x", 1, 1, 1)))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    assert!(
-        status.message().contains("unknown topic \"nope\""),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::NotFound, "unknown topic \"nope\"");
 
     let status = log
         .produce(produce("t", 3, batch("x", 1, 1, 1)))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    assert!(
-        status.message().contains("unknown partition 3"),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::NotFound, "unknown partition 3");
 
     let status = log
         .produce(produce("__consumer_offsets", 0, batch("x", 1, 1, 1)))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("internal topics"),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::InvalidArgument, "internal topics");
 
     let status = create_error(&mut admin, "bad/name", 1).await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("invalid topic \"bad/name\""),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::InvalidArgument, "invalid topic \"bad/name\"");
 
     let status = create_error(&mut admin, "t", 1).await;
     assert_eq!(status.code(), Code::AlreadyExists);
 
     let status = create_error(&mut admin, "zero", 0).await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("partitions"),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::InvalidArgument, "partitions");
 
     // A corrupted batch: the check that failed is named, nothing is written.
     let mut corrupt = batch("x", 3, 20, 1);
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0x40;
     let status = log.produce(produce("t", 0, corrupt)).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("checksum mismatch"),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::InvalidArgument, "checksum mismatch");
 
     let status = log
         .produce(pb::ProduceRequest {
@@ -286,24 +266,14 @@ async fn bad_requests_get_statuses_naming_the_problem() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("truncated"),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::InvalidArgument, "truncated");
 
     // Over the topic's max_batch_bytes.
     let status = log
         .produce(produce("t", 0, batch("big", 100, 1000, 1)))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("too large"),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::InvalidArgument, "too large");
 
     // Over the broker's message bound: refused by the transport, before any work.
     let status = log
@@ -343,12 +313,7 @@ async fn bad_requests_get_statuses_naming_the_problem() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange);
-    assert!(
-        status.message().contains("offset 5 out of range"),
-        "{}",
-        status.message()
-    );
+    expect_status(&status, Code::OutOfRange, "offset 5 out of range");
 
     let status = log
         .list_offsets(pb::ListOffsetsRequest {
