@@ -197,6 +197,14 @@ impl Offsets {
                 .push(now, Some(key.as_bytes()), Some(&value), &[])
                 .map_err(sluice_storage::Error::from)?;
         }
+        let limit = self.topic.settings.max_batch_bytes as usize;
+        if builder.len() > limit {
+            return Err(Error::invalid(
+                "offsets",
+                format!("{} partitions, {} bytes", offsets.len(), builder.len()),
+                "one commit must fit the internal topic's batch limit; commit fewer partitions or less metadata at once",
+            ));
+        }
         let mut batch = builder.finish().map_err(sluice_storage::Error::from)?;
         let log = &self.topic.partition(0)?.log;
         let _writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());

@@ -105,9 +105,18 @@ pub enum Corruption {
         /// The base offset found.
         found: u64,
     },
-    /// A segment file name that is not `{base_offset:020}.log`.
-    #[error("unexpected file name")]
-    FileName,
+    /// The segment ends inside a batch header.
+    #[error("segment ends inside a batch header: {available} bytes left")]
+    Truncated {
+        /// Bytes left in the segment from this position.
+        available: u64,
+    },
+    /// Zeros where a sealed segment should hold its next batch.
+    #[error("zero-filled where a batch should start: {available} bytes left")]
+    ZeroFill {
+        /// Bytes left in the segment from this position.
+        available: u64,
+    },
 }
 
 impl Error {

@@ -376,9 +376,7 @@ impl Segment {
             return Err(Error::Corrupt {
                 path: log_path,
                 position: scan.valid_len,
-                corruption: Corruption::BadHeader {
-                    total_len: 0,
-                    magic: 0,
+                corruption: Corruption::ZeroFill {
                     available: log.len() as u64 - scan.valid_len,
                 },
             });
@@ -620,9 +618,7 @@ pub(crate) fn scan(
             break (!rest.iter().all(|&b| b == 0)).then(|| {
                 (
                     position,
-                    Corruption::BadHeader {
-                        total_len: 0,
-                        magic: 0,
+                    Corruption::Truncated {
                         available: end - position,
                     },
                 )

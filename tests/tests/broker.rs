@@ -350,6 +350,23 @@ async fn topics_admin_and_group_offsets_survive_restart() {
         })
         .await
         .unwrap();
+    // The same partition twice in one commit: refused, naming it.
+    let status = groups
+        .commit_offsets(pb::CommitOffsetsRequest {
+            group: "billing".into(),
+            topic: "orders".into(),
+            offsets: vec![
+                pb::PartitionOffset {
+                    partition: 1,
+                    offset: 0,
+                    metadata: String::new(),
+                };
+                2
+            ],
+        })
+        .await
+        .unwrap_err();
+    expect_status(&status, Code::InvalidArgument, "partition 1 twice");
     let (dir, keep) = broker.stop_keeping_dir().await;
     let broker = TestBroker::start_in(dir, |_| {}).await;
     let topics = broker

@@ -30,8 +30,17 @@ impl pb::groups_server::Groups for GroupsService {
         crate::groups::validate_group(&request.group)?;
         let topic = self.broker.topics.get(&request.topic)?;
         let mut offsets = Vec::with_capacity(request.offsets.len());
+        let mut seen = std::collections::HashSet::with_capacity(request.offsets.len());
         for commit in request.offsets {
             let partition = topic.partition(commit.partition)?;
+            if !seen.insert(commit.partition) {
+                return Err(Error::invalid(
+                    "offsets",
+                    format!("partition {} twice", commit.partition),
+                    "each partition may be committed once per request",
+                )
+                .into());
+            }
             // Committing past the high watermark would skip data never read.
             let latest = partition.log.high_watermark();
             if commit.offset > latest {
