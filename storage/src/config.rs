@@ -4,6 +4,7 @@
 //! field and the value. Nothing is clamped.
 
 use crate::error::{Error, Result};
+use crate::io::Faults;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -117,8 +118,11 @@ pub struct StoreConfig {
     /// used are closed beyond it (a segment still being read stays mapped until its last reader
     /// is done). Default 1024; ≥ 2. An active segment holds three descriptors, a sealed one none.
     pub max_open_segments: usize,
-    /// Where "now" comes from: the system clock, or a manual one for tests.
+    /// Where "now" comes from: the system clock, a manual one for tests, or the embedding
+    /// program's clock (the broker's, which follows tokio's paused time in its tests).
     pub clock: Clock,
+    /// I/O failures to inject, for tests of the failure paths. Default inert.
+    pub faults: Faults,
 }
 
 impl Default for StoreConfig {
@@ -126,6 +130,7 @@ impl Default for StoreConfig {
         Self {
             max_open_segments: 1024,
             clock: Clock::System,
+            faults: Faults::default(),
         }
     }
 }
@@ -152,6 +157,15 @@ pub enum Clock {
     System,
     /// A clock that moves only when told; for tests.
     Manual(Arc<AtomicI64>),
+    /// Another clock, such as the embedding server's.
+    Source(Arc<dyn TimeSource>),
+}
+
+/// A clock kept outside the storage engine (the broker's), in ms since the Unix epoch. It must
+/// be callable from any thread that appends or runs retention.
+pub trait TimeSource: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
 }
 
 impl Clock {
@@ -168,6 +182,7 @@ impl Clock {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as i64),
             Self::Manual(now) => now.load(Ordering::Relaxed),
+            Self::Source(source) => source.now_ms(),
         }
     }
 }

@@ -70,6 +70,29 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
     },
+    /// A batch read back from a log failed its checks (replay checks every batch in full).
+    #[error("log {dir}: the batch at offset {offset} failed its checks: {error}")]
+    BadStoredBatch {
+        /// The partition directory.
+        dir: PathBuf,
+        /// Where the replay had got to.
+        offset: u64,
+        /// The failed check.
+        error: FormatError,
+    },
+    /// A replay cannot rebuild the state: the snapshot is older than the log's earliest
+    /// offset, or damaged while the log no longer starts at 0. Records are missing either way.
+    #[error(
+        "log {dir}: cannot rebuild state: the snapshot at offset {snapshot} is damaged or older than the earliest offset {earliest}, and the records before {earliest} are gone"
+    )]
+    SnapshotGap {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The snapshot's offset.
+        snapshot: u64,
+        /// The log's earliest offset.
+        earliest: u64,
+    },
     /// The log was closed.
     #[error("log {dir} is closed")]
     Closed {
@@ -97,11 +120,13 @@ pub enum Corruption {
         /// Bytes left in the segment from this position.
         available: u64,
     },
-    /// Offsets do not follow on from the previous batch.
-    #[error("offset gap: expected base offset {expected}, found {found}")]
-    OffsetGap {
-        /// The offset that should come next.
-        expected: u64,
+    /// A batch's base offset is below where the previous batch ended (gaps are fine).
+    #[error(
+        "offsets go backwards: expected a base offset of at least {expected_at_least}, found {found}"
+    )]
+    OffsetBackwards {
+        /// One past the previous batch's last offset.
+        expected_at_least: u64,
         /// The base offset found.
         found: u64,
     },

@@ -13,21 +13,73 @@
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::index::{self, OFFSET_ENTRY_LEN, OffsetEntry, TIME_ENTRY_LEN, TimeEntry};
-use crate::log::{CLEAN_MARKER, Log, Writer, sync_dir};
+use crate::io::sync_dir;
 use crate::mmap::map_read_only;
 use crate::segment::{self, CHECKPOINT, Checkpoint, ScanFrom, Segment};
-use crate::store::Shared;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Opens (creating if needed) the log in `dir`, recovering its tail if it was not closed
-/// cleanly.
-pub(crate) fn open_log(id: u64, dir: &Path, config: LogConfig, shared: Arc<Shared>) -> Result<Log> {
+/// Name of the file that says the log was closed cleanly.
+pub(crate) const CLEAN_MARKER: &str = ".clean-shutdown";
+
+/// What recovery hands the log: its segments, the last one active, and where appends go on.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// Segments in offset order; the last is the active one. Never empty.
+    pub segments: Vec<Arc<Segment>>,
+    /// The active segment's append state.
+    pub tail: Tail,
+}
+
+/// Where an active segment's appends go on: the appender's state, minus its buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tail {
+    /// Bytes of whole batches in the segment.
+    pub position: u64,
+    /// Preallocated size of the segment's log file.
+    pub capacity: u64,
+    /// The offset the next batch gets.
+    pub next_offset: u64,
+    /// Position of the last index entry, if any.
+    pub last_indexed: Option<u64>,
+    /// Base offset of the last batch in the segment, if any.
+    pub last_batch: Option<u64>,
+    /// Entries in the offset index file.
+    pub index_entries: u64,
+    /// Entries in the time index file.
+    pub time_entries: u64,
+    /// Newest append time, ms (the floor for the next one).
+    pub last_append_ms: i64,
+    /// Append time of the segment's first batch, for roll by age.
+    pub first_append_ms: Option<i64>,
+}
+
+impl Tail {
+    /// The state of an empty segment starting at `base_offset`.
+    pub(crate) fn empty(base_offset: u64, capacity: u64, last_append_ms: i64) -> Self {
+        Self {
+            position: 0,
+            capacity,
+            next_offset: base_offset,
+            last_indexed: None,
+            last_batch: None,
+            index_entries: 0,
+            time_entries: 0,
+            last_append_ms,
+            first_append_ms: None,
+        }
+    }
+}
+
+/// Finds the segments of the log in `dir` (creating the directory and a first segment if
+/// there are none) and makes the last one whole, recovering its tail if the log was not
+/// closed cleanly. `now_ms` is the append-time floor of a new log.
+pub(crate) fn recover(dir: &Arc<Path>, config: &LogConfig, now_ms: i64) -> Result<Recovered> {
     config.validate()?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let dir: Arc<Path> = Arc::from(dir);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", &**dir, e))?;
+    let dir = Arc::clone(dir);
     let mut bases = Vec::new();
     let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &*dir, e))?;
     for entry in entries {
@@ -59,9 +111,11 @@ pub(crate) fn open_log(id: u64, dir: &Path, config: LogConfig, shared: Arc<Share
         }
         segments.push(Arc::new(segment));
     }
-    let now_ms = shared.clock.now_ms();
-    let writer = match segments.pop() {
-        Some(active) => recover_active(active, clean, &config)?,
+    let (active, tail) = match segments.pop() {
+        Some(active) => {
+            let tail = recover_active(&active, clean, config)?;
+            (active, tail)
+        }
         None => {
             let active = Segment::create(
                 Arc::clone(&dir),
@@ -69,20 +123,23 @@ pub(crate) fn open_log(id: u64, dir: &Path, config: LogConfig, shared: Arc<Share
                 config.segment_bytes,
                 config.index_capacity(),
             )?;
-            Writer::fresh(Arc::new(active), config.segment_bytes, now_ms)
+            (
+                Arc::new(active),
+                Tail::empty(0, config.segment_bytes, now_ms),
+            )
         }
     };
-    segments.push(Arc::clone(&writer.active));
+    segments.push(active);
     if clean {
         std::fs::remove_file(&marker).map_err(|e| Error::io("unlink", &marker, e))?;
     }
     // The removed marker and any created segment must be on disk before the first write.
     sync_dir(&dir)?;
-    Ok(Log::from_parts(id, dir, config, shared, segments, writer))
+    Ok(Recovered { segments, tail })
 }
 
-/// Makes the last segment whole and ready for appends; returns the appender's state.
-fn recover_active(active: Arc<Segment>, clean: bool, config: &LogConfig) -> Result<Writer> {
+/// Makes the last segment whole and ready for appends; returns where appends go on.
+fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<Tail> {
     let log_path = active.path("log");
     let log_file = OpenOptions::new()
         .read(true)
@@ -129,7 +186,7 @@ fn recover_active(active: Arc<Segment>, clean: bool, config: &LogConfig) -> Resu
                 .and_then(|bytes| Checkpoint::decode(&bytes))
                 .filter(|c| c.position <= file_len && c.next_offset >= active.base_offset);
             let durable =
-                recover_durable(&log, &active, checkpoint, &index_bytes, index_count, config)
+                recover_durable(&log, active, checkpoint, &index_bytes, index_count, config)
                     .unwrap_or_else(|| (Vec::new(), ScanFrom::start(active.base_offset)));
             let (mut offsets, from) = durable;
             // Past the durable point every batch is checked in full; the first that fails
@@ -219,26 +276,29 @@ fn recover_active(active: Arc<Segment>, clean: bool, config: &LogConfig) -> Resu
     )?;
     active.preallocate(capacity, index_capacity)?;
 
-    let mut writer = Writer::fresh(Arc::clone(&active), capacity, last_append_ms);
-    writer.position = scan.valid_len;
-    writer.next_offset = scan.next_offset;
-    writer.last_indexed = offsets.last().map(|e| u64::from(e.position));
-    writer.last_batch = scan.last_base;
-    writer.index_written = offsets.len() as u64;
-    writer.time_written = times.len() as u64;
-    writer.first_append_ms = if scan.valid_len > 0 {
-        first_append_ms
-    } else {
-        None
+    let tail = Tail {
+        position: scan.valid_len,
+        capacity,
+        next_offset: scan.next_offset,
+        last_indexed: offsets.last().map(|e| u64::from(e.position)),
+        last_batch: scan.last_base,
+        index_entries: offsets.len() as u64,
+        time_entries: times.len() as u64,
+        last_append_ms,
+        first_append_ms: if scan.valid_len > 0 {
+            first_append_ms
+        } else {
+            None
+        },
     };
     active.publish(
-        writer.position,
-        writer.next_offset,
-        writer.index_written,
-        writer.time_written,
-        writer.last_append_ms,
+        tail.position,
+        tail.next_offset,
+        tail.index_entries,
+        tail.time_entries,
+        tail.last_append_ms,
     );
-    Ok(writer)
+    Ok(tail)
 }
 
 /// The index entries and walk state for the part of an unclean active segment that the

@@ -593,7 +593,8 @@ impl ScanFrom {
 }
 
 /// Walks the batches of `log` from `from`, checking each (CRC and records too if `verify`)
-/// and that offsets follow on, until the end, zero fill, or the first bad batch. Index entries
+/// and that offsets never go back (gaps are accepted: compacted segments have them), until the
+/// end, zero fill, or the first bad batch. Index entries
 /// are produced by the appender's rule: the first batch of the segment, then the first batch
 /// `index_interval_bytes` or more past the previous entry.
 pub(crate) fn scan(
@@ -646,11 +647,12 @@ pub(crate) fn scan(
         if verify && let Err(error) = BatchView::new(batch, usize::MAX) {
             break Some((position, Corruption::Batch(error)));
         }
-        if prefix.base_offset != expected {
+        // Gaps are fine (a compacted segment keeps only some offsets); going back is not.
+        if prefix.base_offset < expected {
             break Some((
                 position,
-                Corruption::OffsetGap {
-                    expected,
+                Corruption::OffsetBackwards {
+                    expected_at_least: expected,
                     found: prefix.base_offset,
                 },
             ));

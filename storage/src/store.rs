@@ -2,9 +2,11 @@
 //! background flusher for logs synced on an interval.
 
 use crate::cache::FileCache;
-use crate::config::{Clock, Durability, LogConfig, StoreConfig};
+use crate::config::{Durability, LogConfig, StoreConfig};
 use crate::error::{Error, Result};
+use crate::io::sync_dir;
 use crate::log::Log;
+use crate::shared::Shared;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
@@ -21,13 +23,6 @@ pub const LOCK_FILE: &str = "LOCK";
 struct Flusher {
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: JoinHandle<()>,
-}
-
-/// What the logs of a store share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub cache: FileCache,
-    pub clock: Clock,
 }
 
 /// A data directory holding any number of logs, each in its own subdirectory.
@@ -86,6 +81,7 @@ impl Store {
         let shared = Arc::new(Shared {
             cache: FileCache::new(config.max_open_segments),
             clock: config.clock.clone(),
+            faults: config.faults.clone(),
         });
         let logs: Arc<Mutex<HashMap<PathBuf, Weak<Log>>>> = Arc::default();
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
@@ -147,19 +143,14 @@ impl Store {
                 .to_path_buf();
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
             for ancestor in dir.ancestors().skip(1) {
-                crate::log::sync_dir(ancestor)?;
+                sync_dir(ancestor)?;
                 if ancestor == existing {
                     break;
                 }
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let log = Arc::new(crate::recovery::open_log(
-            id,
-            &dir,
-            config,
-            Arc::clone(&self.shared),
-        )?);
+        let log = Arc::new(Log::open(id, &dir, config, Arc::clone(&self.shared))?);
         logs.retain(|_, log| log.strong_count() > 0);
         logs.insert(dir, Arc::downgrade(&log));
         Ok(log)

@@ -36,6 +36,7 @@
 //! A record's `length` counts the bytes after the length varint; a key or value length of −1
 //! means null; header keys are UTF-8 and never null. Null and empty are different values.
 
+mod batches;
 mod builder;
 pub mod varint;
 mod view;
@@ -43,6 +44,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
+pub use batches::{Batches, Framed};
 pub use builder::BatchBuilder;
 pub use view::{BatchView, HeaderIter, Record, Records};
 

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use bytes::BytesMut;
-use sluice_storage::format::{BatchBuilder, BatchView, Header};
+use sluice_storage::format::{BatchBuilder, Batches, Header};
 use sluice_storage::{Durability, LogConfig};
 
 /// A batch of `count` records whose values say which batch and record they are.
@@ -39,17 +39,16 @@ pub fn small_config(durability: Durability) -> LogConfig {
     }
 }
 
-/// Every (offset, value) in a run of whole batches.
-pub fn records(mut batches: &[u8]) -> Vec<(u64, Vec<u8>)> {
+/// Every (offset, value) in a run of whole batches, each checked in full.
+pub fn records(batches: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
-    while !batches.is_empty() {
-        let prefix = sluice_storage::format::BatchPrefix::parse(batches).expect("prefix");
-        let (one, rest) = batches.split_at(prefix.total_len as usize);
-        let view = BatchView::new(one, usize::MAX).expect("valid batch");
+    for framed in Batches::new(batches) {
+        let view = framed
+            .and_then(|f| f.validated(usize::MAX))
+            .expect("valid batch");
         for record in view.records() {
             out.push((record.offset, record.value.unwrap_or_default().to_vec()));
         }
-        batches = rest;
     }
     out
 }
