@@ -120,7 +120,17 @@ pub enum Corruption {
         /// Bytes left in the segment from this position.
         available: u64,
     },
-    /// A batch's base offset is below where the previous batch ended (gaps are fine).
+    /// In the active segment, which the appender writes densely: a batch's base offset is
+    /// not where the previous batch ended.
+    #[error("offset gap: expected base offset {expected}, found {found}")]
+    OffsetGap {
+        /// The offset that should come next.
+        expected: u64,
+        /// The base offset found.
+        found: u64,
+    },
+    /// In a sealed segment, where compaction may leave gaps: a batch's base offset is below
+    /// where the previous batch ended.
     #[error(
         "offsets go backwards: expected a base offset of at least {expected_at_least}, found {found}"
     )]

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::index::{self, OFFSET_ENTRY_LEN, OffsetEntry, TIME_ENTRY_LEN, TimeEntry};
 use crate::io::sync_dir;
 use crate::mmap::map_read_only;
-use crate::segment::{self, CHECKPOINT, Checkpoint, ScanFrom, Segment};
+use crate::segment::{self, CHECKPOINT, Checkpoint, OffsetRule, ScanFrom, Segment};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -173,6 +173,7 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<T
             from,
             config.index_interval_bytes,
             false,
+            OffsetRule::Dense,
         );
         if scan.stop.is_none() && scan.valid_len == file_len {
             recovered = Some(((0..index_count).map(entry).collect(), scan));
@@ -197,6 +198,7 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<T
                 from,
                 config.index_interval_bytes,
                 true,
+                OffsetRule::Dense,
             );
             if let Some((position, corruption)) = &scan.stop {
                 tracing::warn!(
@@ -347,6 +349,7 @@ fn recover_durable(
         from,
         config.index_interval_bytes,
         false,
+        OffsetRule::Dense,
     );
     if walk.stop.is_some()
         || walk.valid_len != checkpoint.position

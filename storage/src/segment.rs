@@ -364,6 +364,7 @@ impl Segment {
             ScanFrom::start(self.base_offset),
             index_interval_bytes,
             true,
+            OffsetRule::Gaps,
         );
         if let Some((position, corruption)) = scan.stop {
             return Err(Error::Corrupt {
@@ -592,9 +593,20 @@ impl ScanFrom {
     }
 }
 
+/// What a scan accepts between the end of one batch and the next batch's base offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OffsetRule {
+    /// Each batch starts where the previous one ended: the active segment, which only the
+    /// appender writes. `base_offset` sits outside the CRC, so this is what catches a torn or
+    /// flipped one in the unsynced tail.
+    Dense,
+    /// Gaps allowed, never backwards: a sealed segment, which compaction may have rewritten
+    /// to keep only some offsets.
+    Gaps,
+}
+
 /// Walks the batches of `log` from `from`, checking each (CRC and records too if `verify`)
-/// and that offsets never go back (gaps are accepted: compacted segments have them), until the
-/// end, zero fill, or the first bad batch. Index entries
+/// and their offsets by `rule`, until the end, zero fill, or the first bad batch. Index entries
 /// are produced by the appender's rule: the first batch of the segment, then the first batch
 /// `index_interval_bytes` or more past the previous entry.
 pub(crate) fn scan(
@@ -603,6 +615,7 @@ pub(crate) fn scan(
     from: ScanFrom,
     index_interval_bytes: u32,
     verify: bool,
+    rule: OffsetRule,
 ) -> Scan {
     let mut expected = from.offset;
     let mut last_indexed = from.last_indexed;
@@ -647,15 +660,26 @@ pub(crate) fn scan(
         if verify && let Err(error) = BatchView::new(batch, usize::MAX) {
             break Some((position, Corruption::Batch(error)));
         }
-        // Gaps are fine (a compacted segment keeps only some offsets); going back is not.
-        if prefix.base_offset < expected {
-            break Some((
-                position,
-                Corruption::OffsetBackwards {
-                    expected_at_least: expected,
-                    found: prefix.base_offset,
-                },
-            ));
+        match rule {
+            OffsetRule::Dense if prefix.base_offset != expected => {
+                break Some((
+                    position,
+                    Corruption::OffsetGap {
+                        expected,
+                        found: prefix.base_offset,
+                    },
+                ));
+            }
+            OffsetRule::Gaps if prefix.base_offset < expected => {
+                break Some((
+                    position,
+                    Corruption::OffsetBackwards {
+                        expected_at_least: expected,
+                        found: prefix.base_offset,
+                    },
+                ));
+            }
+            _ => {}
         }
         let relative = prefix.base_offset - base_offset;
         let due =

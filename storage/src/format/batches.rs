@@ -42,6 +42,12 @@ impl<'a> Batches<'a> {
         }
     }
 
+    /// Byte position in the run of the next batch: where a framing error was found, once one
+    /// was.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
     /// One past the last offset of the run's last whole batch, `None` for an empty run. Stops
     /// at the first framing error (the batches before it count).
     pub fn next_offset(run: &'a [u8]) -> Option<u64> {
@@ -152,6 +158,10 @@ mod tests {
         let short = &bytes[..framed[0].bytes.len() + 10];
         let items: Vec<_> = Batches::new(short).collect();
         assert!(matches!(items[1], Err(FormatError::TooShort { len: 10 })));
+        let mut walk = Batches::new(short);
+        assert!(walk.next().is_some_and(|b| b.is_ok()));
+        assert!(walk.next().is_some_and(|b| b.is_err()));
+        assert_eq!(walk.position(), framed[0].bytes.len());
     }
 
     #[test]
