@@ -332,7 +332,7 @@ pub struct ConsumerConfig {
     /// The broker connection.
     pub connection: ConnectionConfig,
     /// The consumer group whose offsets `commit` and `committed` use. Default none;
-    /// 1 ..= 249 characters.
+    /// 1 ..= 249 bytes of UTF-8 without NUL (as the broker counts).
     pub group: Option<String>,
     /// Most bytes one fetch of one partition returns (a batch larger than this still comes
     /// whole). Default 1 MiB; 1 KiB ..= `connection.max_message_bytes` − 64 KiB.
@@ -440,9 +440,9 @@ impl ConsumerConfig {
         self.connection.validate()?;
         self.retry.validate()?;
         if let Some(group) = &self.group
-            && !(1..=249).contains(&group.chars().count())
+            && let Some(reason) = sluice_proto::limits::group_problem(group)
         {
-            return Err(invalid("group", group, "must be 1 ..= 249 characters"));
+            return Err(invalid("group", group, reason));
         }
         let max_fetch = self.connection.max_message_bytes.saturating_sub(64 * KIB);
         if !(KIB..=max_fetch).contains(&self.max_bytes) || self.max_bytes > u32::MAX as usize {

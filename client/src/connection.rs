@@ -23,7 +23,7 @@ use crate::config::ConnectionConfig;
 use crate::error::{Error, Result};
 
 /// Metadata key of the broker's back-pressure hint on `RESOURCE_EXHAUSTED`: ASCII decimal ms.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+pub use sluice_proto::RETRY_AFTER_MS;
 
 /// The longest `retry-after-ms` hint honoured: a larger one (a confused broker) waits this long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -241,8 +241,24 @@ pub(crate) async fn with_retry<T, F, Fut>(
     policy: &RetryPolicy,
     idempotency: Idempotency,
     timeout: Duration,
-    mut call: F,
+    call: F,
 ) -> std::result::Result<T, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+{
+    with_retry_counted(policy, idempotency, timeout, call)
+        .await
+        .map(|(answer, _attempts)| answer)
+}
+
+/// [`with_retry`], also answering how many attempts the success took.
+pub(crate) async fn with_retry_counted<T, F, Fut>(
+    policy: &RetryPolicy,
+    idempotency: Idempotency,
+    timeout: Duration,
+    mut call: F,
+) -> std::result::Result<(T, u32), Failure>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
@@ -251,7 +267,7 @@ where
     loop {
         attempts += 1;
         let status = match tokio::time::timeout(timeout, call()).await {
-            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Ok(response)) => return Ok((response.into_inner(), attempts)),
             Ok(Err(status)) => status,
             Err(_elapsed) => {
                 Status::deadline_exceeded(format!("no answer within {}ms", timeout.as_millis()))

@@ -3,7 +3,7 @@
 //! A poll fetches every assigned partition (at most `max_concurrent_fetches` at once): first
 //! without waiting, and only if that found nothing, once more as a long poll of `max_wait`
 //! that returns as soon as any partition has records. Each fetch answers whole batches from
-//! the one holding the asked offset; they are walked with [`BatchPrefix`], checked with
+//! the one holding the asked offset; they are walked with [`Batches`], checked with
 //! [`BatchView::with_checksum`] (the broker validated every record on produce, the CRC proves
 //! these are those bytes), and records below the asked offset are skipped.
 //!
@@ -27,7 +27,7 @@ use sluice_proto::v1::{
     ListOffsetsResponse, OffsetSpec, PartitionOffset, groups_client::GroupsClient,
     log_client::LogClient,
 };
-use sluice_storage::format::{BatchPrefix, BatchView, FormatError};
+use sluice_storage::format::{Batches, FormatError};
 use tokio::task::JoinSet;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -576,24 +576,11 @@ pub(crate) fn decode_fetch(
         source,
     };
     let mut next = offset;
-    let mut position = 0usize;
-    while position < batches.len() {
-        let rest = &batches[position..];
-        let prefix = BatchPrefix::parse(rest)
-            .ok_or_else(|| corrupt(position, FormatError::TooShort { len: rest.len() }))?;
-        let len = usize::try_from(prefix.total_len)
-            .ok()
-            .filter(|&len| len <= rest.len())
-            .ok_or_else(|| {
-                corrupt(
-                    position,
-                    FormatError::LengthMismatch {
-                        declared: prefix.total_len,
-                        actual: rest.len(),
-                    },
-                )
-            })?;
-        let view = BatchView::with_checksum(&rest[..len]).map_err(|e| corrupt(position, e))?;
+    let mut walk = Batches::new(batches);
+    while let Some(framed) = walk.next() {
+        let framed = framed.map_err(|e| corrupt(walk.position(), e))?;
+        let position = framed.position;
+        let view = framed.checked().map_err(|e| corrupt(position, e))?;
         if !view.is_control() {
             let mut records = view.records();
             for record in records.by_ref() {
@@ -618,7 +605,6 @@ pub(crate) fn decode_fetch(
             }
         }
         next = next.max(view.last_offset().saturating_add(1));
-        position += len;
     }
     Ok(next)
 }

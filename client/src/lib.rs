@@ -6,6 +6,7 @@
 //! - [`Producer`]: per-partition batching (linger and size bounds), key-hash or round-robin
 //!   partitioning, a bounded buffer, retries with backoff; one `Produce` in flight per
 //!   partition, so order within a partition holds.
+//! - [`Admin`]: topics: create, delete, list, describe.
 //! - [`Consumer`]: assigned partitions, long-poll fetches, checksum-verified zero-copy decoding,
 //!   positions, seeks, and group offset commits.
 //!
@@ -13,6 +14,7 @@
 //! the bytes the broker validates and appends, so both sides share one implementation.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod connection;
 mod consumer;
@@ -20,10 +22,11 @@ mod error;
 pub mod partitioner;
 mod producer;
 
+pub use admin::Admin;
 pub use config::{ConnectionConfig, ConsumerConfig, ProducerConfig};
 pub use connection::{Idempotency, RetryPolicy};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartFrom};
 pub use error::{Error, Result};
 pub use partitioner::Partitioner;
-pub use producer::{DeliveryFuture, Producer, ProducerRecord, RecordMetadata};
+pub use producer::{BatchMetadata, DeliveryFuture, Producer, ProducerRecord, RecordMetadata};
 pub use sluice_storage::format::{BatchBuilder, BatchView, FormatError, Header, Record};

@@ -139,6 +139,19 @@ pub struct RecordMetadata {
     pub append_time_ms: i64,
 }
 
+/// Where a batch sent with [`Producer::send_batch`] was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMetadata {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// Offset of its last record.
+    pub last_offset: u64,
+    /// The broker's append time, ms since the Unix epoch.
+    pub append_time_ms: i64,
+    /// Attempts the send took (more than 1 after back pressure or a lost connection).
+    pub attempts: u32,
+}
+
 /// Resolves once the broker acknowledged (or finally refused) the batch holding a record.
 ///
 /// Dropping it does not cancel the record: it is sent all the same.
@@ -323,6 +336,35 @@ impl Producer {
                 }
             }
         }
+    }
+
+    /// Sends one batch already encoded (a [`BatchBuilder`](crate::BatchBuilder) batch,
+    /// `base_offset` 0) to `topic`/`partition` as it is, outside the per-partition batching,
+    /// with the retry policy (back pressure honoured). For load generators and tools that
+    /// build their own batches: concurrent calls may land in any order.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+    ) -> Result<BatchMetadata> {
+        let config = &self.inner.config;
+        let (response, attempts) = produce(
+            &self.inner.log,
+            &config.retry,
+            config.request_timeout,
+            topic,
+            partition,
+            batch,
+            None,
+        )
+        .await?;
+        Ok(BatchMetadata {
+            base_offset: response.base_offset,
+            last_offset: response.last_offset,
+            append_time_ms: response.append_time_ms,
+            attempts,
+        })
     }
 
     /// Sends every record queued so far without waiting for `linger`, and waits until each was
@@ -744,47 +786,60 @@ impl PartitionTask {
     }
 
     async fn send_batch(&self, batch: Bytes, records: usize) -> Result<ProduceResponse> {
-        let response = connection::with_retry(
+        let sent = produce(
+            &self.log,
             &self.retry,
-            Idempotency::NonIdempotent,
             self.request_timeout,
-            || {
-                let request = ProduceRequest {
-                    topic: self.topic.to_string(),
-                    partition: self.partition,
-                    batch: batch.clone(),
-                };
-                let mut log = self.log.clone();
-                let timeout = self.request_timeout;
-                async move { log.produce(connection::request(request, timeout)).await }
-            },
+            &self.topic,
+            self.partition,
+            batch,
+            Some(records),
         )
-        .await
-        .map_err(|f| {
-            Error::broker(
-                "produce to",
-                &self.topic,
-                Some(self.partition),
-                &f.status,
-                f.attempts,
-            )
-        })?;
-        let answered = response
-            .last_offset
-            .checked_sub(response.base_offset)
-            .and_then(|delta| delta.checked_add(1));
-        if answered != Some(records as u64) {
-            return Err(Error::UnexpectedResponse {
-                operation: "produce to",
-                topic: format!("{}/{}", self.topic, self.partition),
-                what: format!(
-                    "offsets {}..={} for a batch of {records} records",
-                    response.base_offset, response.last_offset
-                ),
-            });
-        }
-        Ok(response)
+        .await?;
+        Ok(sent.0)
     }
+}
+
+/// Sends one encoded batch with the retry policy; checks that the broker's offsets cover
+/// `records`, if given. Answers the response and the attempts it took.
+async fn produce(
+    log: &LogClient<Channel>,
+    retry: &RetryPolicy,
+    timeout: Duration,
+    topic: &str,
+    partition: u32,
+    batch: Bytes,
+    records: Option<usize>,
+) -> Result<(ProduceResponse, u32)> {
+    let (response, attempts) =
+        connection::with_retry_counted(retry, Idempotency::NonIdempotent, timeout, || {
+            let request = ProduceRequest {
+                topic: topic.to_owned(),
+                partition,
+                batch: batch.clone(),
+            };
+            let mut log = log.clone();
+            async move { log.produce(connection::request(request, timeout)).await }
+        })
+        .await
+        .map_err(|f| Error::broker("produce to", topic, Some(partition), &f.status, f.attempts))?;
+    let answered = response
+        .last_offset
+        .checked_sub(response.base_offset)
+        .and_then(|delta| delta.checked_add(1));
+    if let Some(records) = records
+        && answered != Some(records as u64)
+    {
+        return Err(Error::UnexpectedResponse {
+            operation: "produce to",
+            topic: format!("{topic}/{partition}"),
+            what: format!(
+                "offsets {}..={} for a batch of {records} records",
+                response.base_offset, response.last_offset
+            ),
+        });
+    }
+    Ok((response, attempts))
 }
 
 #[cfg(test)]

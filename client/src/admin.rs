@@ -1,0 +1,166 @@
+//! [`Admin`]: topics — create, delete, list, describe — through the same connection settings
+//! and retry policy as the producer and consumer.
+//!
+//! The descriptions it returns are the wire's own messages (re-exported here), as Kafka's
+//! admin client returns its `TopicDescription`: they are the contract, with nothing to add.
+
+use std::time::Duration;
+
+use sluice_proto::v1::{
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest,
+    admin_client::AdminClient,
+};
+use tonic::transport::Channel;
+
+pub use sluice_proto::v1::{
+    FsyncPolicy, PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
+};
+
+use crate::config::ConnectionConfig;
+use crate::connection::{self, Idempotency, RetryPolicy};
+use crate::error::{Error, Result};
+
+/// Topic administration; cheap to clone.
+///
+/// ```no_run
+/// # async fn example() -> sluice_client::Result<()> {
+/// use sluice_client::{Admin, ConnectionConfig, admin::TopicConfig};
+/// let admin = Admin::connect(ConnectionConfig::new().address("127.0.0.1:7070")).await?;
+/// let created = admin.create_topic("orders", 3, TopicConfig::default()).await?;
+/// assert_eq!(created.partitions.len(), 3);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: AdminClient<Channel>,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+}
+
+impl Admin {
+    /// Connects to the broker (validating `config`), with the default retry policy and a 30 s
+    /// request timeout.
+    pub async fn connect(config: ConnectionConfig) -> Result<Self> {
+        let channel = connection::connect(&config).await?;
+        Ok(Self {
+            client: connection::admin_client(channel, &config),
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Uses `retry` for every request from now on.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Creates `name` with `partitions` partitions and `config` (unset fields take the
+    /// broker's defaults); returns its description. Not retried after a timeout: a create
+    /// that took effect unseen would be `ALREADY_EXISTS` the second time.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<TopicDescription> {
+        let request = CreateTopicRequest {
+            name: name.to_owned(),
+            partitions,
+            config: Some(config),
+        };
+        let response = self
+            .call(
+                "create topic",
+                name,
+                Idempotency::NonIdempotent,
+                |mut client, request| async move { client.create_topic(request).await },
+                request,
+            )
+            .await?;
+        response.topic.ok_or_else(|| Error::UnexpectedResponse {
+            operation: "create topic",
+            topic: name.to_owned(),
+            what: "no topic description".to_owned(),
+        })
+    }
+
+    /// Deletes `name` and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let request = DeleteTopicRequest {
+            name: name.to_owned(),
+        };
+        self.call(
+            "delete topic",
+            name,
+            Idempotency::NonIdempotent,
+            |mut client, request| async move { client.delete_topic(request).await },
+            request,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every topic (internal ones aside), by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        let response = self
+            .call(
+                "list topics",
+                "",
+                Idempotency::Idempotent,
+                |mut client, request| async move { client.list_topics(request).await },
+                ListTopicsRequest {},
+            )
+            .await?;
+        Ok(response.topics)
+    }
+
+    /// `name`'s config and per-partition offsets and sizes.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let request = DescribeTopicRequest {
+            name: name.to_owned(),
+        };
+        let response = self
+            .call(
+                "describe topic",
+                name,
+                Idempotency::Idempotent,
+                |mut client, request| async move { client.describe_topic(request).await },
+                request,
+            )
+            .await?;
+        response.topic.ok_or_else(|| Error::UnexpectedResponse {
+            operation: "describe topic",
+            topic: name.to_owned(),
+            what: "no topic description".to_owned(),
+        })
+    }
+
+    /// Sends `request` with the retry policy and timeout; a failure names `operation` and
+    /// `topic`.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        operation: &'static str,
+        topic: &str,
+        idempotency: Idempotency,
+        send: F,
+        request: Req,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(AdminClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let timeout = self.request_timeout;
+        connection::with_retry(&self.retry, idempotency, timeout, || {
+            send(
+                self.client.clone(),
+                connection::request(request.clone(), timeout),
+            )
+        })
+        .await
+        .map_err(|f| Error::broker(operation, topic, None, &f.status, f.attempts))
+    }
+}
