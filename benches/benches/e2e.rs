@@ -15,10 +15,11 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice_benches::batch_of;
 use sluice_proto::v1 as pb;
+use sluice_server::testing::{TestBroker, endpoint};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const RECORD_BYTES: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
@@ -26,9 +27,8 @@ const BATCH_BYTES: usize = 1 << 20;
 const FETCH_BATCHES: u64 = 64;
 
 struct Broker {
+    broker: TestBroker,
     channel: Channel,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<sluice_server::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -53,29 +53,17 @@ async fn start_broker() -> Broker {
         builder.tempdir()
     }
     .unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap();
-    let config = sluice_server::Config {
-        data_dir: dir.path().to_path_buf(),
-        grpc_addr: addr,
-        http_addr: http.local_addr().unwrap(),
-        ..sluice_server::Config::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sluice_server::run(config, grpc, http, async move {
-        let _ = stopped.await;
-    }));
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .max_frame_size(frame_size());
+    let broker = TestBroker::start_in(dir.path().to_path_buf(), |config| {
+        // Retention runs as in production: the bench topic keeps its disk use bounded.
+        config.retention_check_interval_ms =
+            sluice_server::Config::default().retention_check_interval_ms;
+    })
+    .await;
+    let endpoint = endpoint(broker.addr).max_frame_size(frame_size());
     let channel = loop {
         match endpoint.connect().await {
             Ok(channel) => break channel,
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => tokio::task::yield_now().await,
         }
     };
     let mut admin = pb::admin_client::AdminClient::new(channel.clone());
@@ -94,9 +82,8 @@ async fn start_broker() -> Broker {
         .await
         .unwrap();
     Broker {
+        broker,
         channel,
-        stop: Some(stop),
-        task: Some(task),
         _dir: dir,
     }
 }
@@ -108,13 +95,8 @@ impl Broker {
             .max_encoding_message_size(16 << 20)
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    async fn stop(self) {
+        self.broker.stop().await;
     }
 }
 

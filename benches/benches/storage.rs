@@ -28,7 +28,7 @@ use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
 use sluice_benches::{batch_of, pseudo_random_bytes};
-use sluice_storage::format::{BatchPrefix, BatchView};
+use sluice_storage::format::Batches;
 use sluice_storage::{Durability, Log, LogConfig, Store, StoreConfig};
 use std::cell::Cell;
 use std::fs::File;
@@ -252,13 +252,10 @@ fn append_durable(c: &mut Criterion) {
 /// Validates every batch of `batches` and touches every record's key and value; returns the
 /// records and key + value bytes seen.
 fn scan(batches: &[u8]) -> (u64, u64) {
-    let mut rest = batches;
     let mut records = 0u64;
     let mut bytes = 0u64;
-    while !rest.is_empty() {
-        let prefix = BatchPrefix::parse(rest).expect("a whole batch");
-        let (batch, tail) = rest.split_at(prefix.total_len as usize);
-        let view = BatchView::with_checksum(batch).expect("a valid batch");
+    for framed in Batches::new(batches) {
+        let view = framed.and_then(|f| f.checked()).expect("a valid batch");
         let mut iter = view.records();
         for record in &mut iter {
             records += 1;
@@ -266,7 +263,6 @@ fn scan(batches: &[u8]) -> (u64, u64) {
                 + record.value.map_or(0, |v| v.len() as u64);
         }
         assert!(iter.error().is_none(), "a malformed record");
-        rest = tail;
     }
     (records, bytes)
 }

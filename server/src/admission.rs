@@ -10,7 +10,7 @@
 //! held for produce requests is at most `max_produce_requests × max_message_bytes` being
 //! received plus `max_inflight_bytes` accepted.
 
-use crate::grpc::status::RETRY_AFTER_MS;
+use sluice_proto::RETRY_AFTER_MS;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

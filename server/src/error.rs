@@ -55,6 +55,15 @@ pub enum Error {
         /// When to retry.
         retry_after_ms: u32,
     },
+    /// A pre-append check found that a concurrent write changed what it relied on; nothing
+    /// was written, and the caller may retry.
+    #[error("conflict: {what} ({keys} keys)")]
+    Conflict {
+        /// What raced what.
+        what: &'static str,
+        /// How many keys were affected.
+        keys: usize,
+    },
     /// The storage engine refused or failed.
     #[error(transparent)]
     Storage(#[from] sluice_storage::Error),

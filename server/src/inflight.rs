@@ -48,6 +48,11 @@ impl Limiter {
         self.retry_after_ms
     }
 
+    /// The per-partition bound, bytes (each partition keeps its own semaphore of this size).
+    pub fn partition_limit(&self) -> u32 {
+        self.partition_limit
+    }
+
     fn connection(&self, peer: Option<SocketAddr>) -> Arc<Semaphore> {
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         if connections.len() > PRUNE_CONNECTIONS_ABOVE {

@@ -7,16 +7,22 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod error;
 pub mod groups;
 pub mod grpc;
 pub mod inflight;
+pub mod partition;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topics;
 
+pub use clock::{Clock, ManualTime};
 pub use config::Config;
 pub use error::{Error, Result};
+pub use sluice_storage::{FaultOp, Faults};
 
 use sluice_proto::v1::{
     admin_server::AdminServer, groups_server::GroupsServer, log_server::LogServer,
@@ -36,18 +42,30 @@ pub struct Broker {
     pub topics: topics::Topics,
     /// Committed group offsets.
     pub offsets: groups::Offsets,
-    /// In-flight produce bounds.
-    pub limiter: inflight::Limiter,
     /// The configuration.
     pub config: Config,
+    /// The broker's clock.
+    pub clock: Clock,
     /// Turns true when the broker is shutting down.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// What a broker takes from where it runs rather than from its configuration: the clock every
+/// time-dependent part reads, and (in tests) injected I/O failures. `Env::default()` is
+/// production: the system clock, no faults.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// The broker's one clock.
+    pub clock: Clock,
+    /// I/O failures to inject into the storage engine (inert by default).
+    pub faults: Faults,
 }
 
 /// Serves gRPC on `grpc` and HTTP (`/healthz`) on `http` until `shutdown` completes, then
 /// closes the data directory cleanly.
 pub async fn run(
     config: Config,
+    env: Env,
     grpc: TcpListener,
     http: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -59,27 +77,30 @@ pub async fn run(
     let broker = {
         let config = config.clone();
         let stop = stop.clone();
+        let Env { clock, faults } = env;
         error::blocking(move || {
             let store = Store::open(
                 &config.data_dir,
                 StoreConfig {
                     max_open_segments: config.max_open_segments,
-                    ..StoreConfig::default()
+                    clock: clock.storage(),
+                    faults,
                 },
             )?;
-            let topics = topics::Topics::open(store, config.max_inflight_bytes_per_partition)?;
-            let offsets = groups::Offsets::open(&topics, config.offsets_segment_bytes)?;
-            let limiter = inflight::Limiter::new(
+            let limiter = Arc::new(inflight::Limiter::new(
                 config.max_inflight_bytes,
                 config.max_inflight_bytes_per_connection,
                 config.max_inflight_bytes_per_partition,
                 config.retry_after_ms,
-            );
+            ));
+            let topics = topics::Topics::open(store, limiter)?;
+            let offsets =
+                groups::Offsets::open(&topics, config.offsets_segment_bytes, clock.clone())?;
             Ok(Arc::new(Broker {
                 topics,
                 offsets,
-                limiter,
                 config,
+                clock,
                 shutdown: stop,
             }))
         })
@@ -180,15 +201,17 @@ async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        let broker = Arc::clone(&broker);
+        let retention = Arc::clone(&broker);
         if let Err(error) = error::blocking(move || {
-            broker.topics.enforce_retention();
-            broker.offsets.compact()?;
+            retention.topics.enforce_retention();
             Ok(())
         })
         .await
         {
             tracing::warn!(%error, "retention pass failed");
+        }
+        if let Err(error) = broker.offsets.compact().await {
+            tracing::warn!(%error, "compacting committed offsets failed");
         }
     }
 }

@@ -132,7 +132,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
-    sluice_server::run(config, grpc, http, shutdown_signal()).await?;
+    sluice_server::run(
+        config,
+        sluice_server::Env::default(),
+        grpc,
+        http,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -6,27 +6,28 @@
 //! written only to insert or remove a topic, never held across disk work or an `.await`.
 
 use crate::error::{Error, Result};
+use crate::inflight::Limiter;
+use crate::partition::Partition;
 use serde::{Deserialize, Serialize};
-use sluice_proto::v1 as pb;
-use sluice_storage::{Durability, Log, LogConfig, Store};
+use sluice_proto::limits::{MAX_PARTITIONS, topic_name_problem};
+use sluice_storage::{Durability, LogConfig, Store};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
 
-/// Most partitions a topic may have.
-pub const MAX_PARTITIONS: u32 = 10_000;
-/// Longest topic name.
-pub const MAX_NAME_LEN: usize = 249;
 /// Directory under the data directory that holds topics.
 const TOPICS_DIR: &str = "topics";
 /// The topic's metadata file.
 const META_FILE: &str = "topic.json";
 
-/// A topic's settings as stored in `topic.json` (the effective values, defaults filled in).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Default retention by age: 7 days.
+pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Default fsync interval for `Durability::Interval`, when a request names none.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1000;
+
+/// A topic's settings, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSettings {
     /// Delete old segments beyond this many bytes per partition; `None`: no limit.
     pub retention_bytes: Option<u64>,
@@ -34,92 +35,35 @@ pub struct TopicSettings {
     pub retention_ms: Option<u64>,
     /// Segment size, bytes.
     pub segment_bytes: u64,
-    /// `"always"`, `"interval"` or `"never"`.
-    pub fsync: Fsync,
-    /// Interval for `fsync = "interval"`, ms.
-    pub fsync_interval_ms: u64,
+    /// When appends are fsynced, and so acknowledged (design.md §3).
+    pub durability: Durability,
     /// Largest batch accepted, bytes.
     pub max_batch_bytes: u32,
 }
 
-/// Durability policy as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fsync {
-    /// Group commit before acknowledging.
-    Always,
-    /// Acknowledge on write, fsync every `fsync_interval_ms`.
-    Interval,
-    /// Acknowledge on write, never fsync.
-    Never,
+impl Default for TopicSettings {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        Self {
+            retention_bytes: None,
+            retention_ms: Some(DEFAULT_RETENTION_MS),
+            segment_bytes: log.segment_bytes,
+            durability: Durability::Always,
+            max_batch_bytes: log.max_batch_bytes,
+        }
+    }
 }
 
-/// Default retention by age: 7 days.
-const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
-/// Default fsync interval for `fsync = interval`.
-const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1000;
-
 impl TopicSettings {
-    /// The effective settings for a create request's config; bad values are
+    /// The storage configuration of each partition, checked; bad values are
     /// `INVALID_ARGUMENT`s naming the field.
-    pub fn from_proto(config: Option<&pb::TopicConfig>) -> Result<Self> {
-        let defaults = LogConfig::default();
-        let config = config.cloned().unwrap_or_default();
-        let non_negative = |field: &'static str, value: Option<i64>| -> Result<Option<u64>> {
-            match value {
-                None | Some(-1) => Ok(None),
-                Some(v) if v >= 0 => Ok(Some(v as u64)),
-                Some(v) => Err(Error::invalid(
-                    field,
-                    v,
-                    "must be -1 (no limit) or at least 0",
-                )),
-            }
-        };
-        let retention_bytes = non_negative("retention_bytes", config.retention_bytes)?;
-        let retention_ms = match config.retention_ms {
-            None => Some(DEFAULT_RETENTION_MS),
-            value => non_negative("retention_ms", value)?,
-        };
-        let fsync = match pb::FsyncPolicy::try_from(config.fsync) {
-            Ok(pb::FsyncPolicy::Unspecified | pb::FsyncPolicy::Always) => Fsync::Always,
-            Ok(pb::FsyncPolicy::Interval) => Fsync::Interval,
-            Ok(pb::FsyncPolicy::Never) => Fsync::Never,
-            Err(_) => {
-                return Err(Error::invalid(
-                    "fsync",
-                    config.fsync,
-                    "unknown fsync policy",
-                ));
-            }
-        };
-        let settings = Self {
-            retention_bytes,
-            retention_ms,
-            segment_bytes: config.segment_bytes.unwrap_or(defaults.segment_bytes),
-            fsync,
-            fsync_interval_ms: config
-                .fsync_interval_ms
-                .unwrap_or(DEFAULT_FSYNC_INTERVAL_MS),
-            max_batch_bytes: config.max_batch_bytes.unwrap_or(defaults.max_batch_bytes),
-        };
-        settings.log_config()?;
-        Ok(settings)
-    }
-
-    /// The storage configuration of each partition, checked.
     pub fn log_config(&self) -> Result<LogConfig> {
-        let durability = match self.fsync {
-            Fsync::Always => Durability::Always,
-            Fsync::Interval => Durability::Interval(Duration::from_millis(self.fsync_interval_ms)),
-            Fsync::Never => Durability::Never,
-        };
         let config = LogConfig {
             segment_bytes: self.segment_bytes,
             max_batch_bytes: self.max_batch_bytes,
             retention_bytes: self.retention_bytes,
             retention_age: self.retention_ms.map(Duration::from_millis),
-            durability,
+            durability: self.durability,
             ..LogConfig::default()
         };
         config.validate().map_err(|error| match error {
@@ -139,21 +83,52 @@ impl TopicSettings {
         })?;
         Ok(config)
     }
+}
 
-    /// The settings as the wire sees them.
-    pub fn to_proto(&self) -> pb::TopicConfig {
-        pb::TopicConfig {
-            retention_bytes: Some(self.retention_bytes.map_or(-1, |v| v as i64)),
-            retention_ms: Some(self.retention_ms.map_or(-1, |v| v as i64)),
-            segment_bytes: Some(self.segment_bytes),
-            fsync: match self.fsync {
-                Fsync::Always => pb::FsyncPolicy::Always,
-                Fsync::Interval => pb::FsyncPolicy::Interval,
-                Fsync::Never => pb::FsyncPolicy::Never,
-            } as i32,
-            fsync_interval_ms: Some(self.fsync_interval_ms),
-            max_batch_bytes: Some(self.max_batch_bytes),
+/// `topic.json`'s settings, as written since the first release: durability as a string
+/// (`"always"`, `"interval"`, `"never"`) and its interval beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredSettings {
+    retention_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+    segment_bytes: u64,
+    fsync: String,
+    fsync_interval_ms: u64,
+    max_batch_bytes: u32,
+}
+
+impl StoredSettings {
+    fn new(settings: &TopicSettings) -> Self {
+        let (fsync, interval) = match settings.durability {
+            Durability::Always => ("always", DEFAULT_FSYNC_INTERVAL_MS),
+            Durability::Interval(every) => ("interval", every.as_millis() as u64),
+            Durability::Never => ("never", DEFAULT_FSYNC_INTERVAL_MS),
+        };
+        Self {
+            retention_bytes: settings.retention_bytes,
+            retention_ms: settings.retention_ms,
+            segment_bytes: settings.segment_bytes,
+            fsync: fsync.to_owned(),
+            fsync_interval_ms: interval,
+            max_batch_bytes: settings.max_batch_bytes,
         }
+    }
+
+    fn settings(&self) -> std::result::Result<TopicSettings, String> {
+        let durability = match self.fsync.as_str() {
+            "always" => Durability::Always,
+            "interval" => Durability::Interval(Duration::from_millis(self.fsync_interval_ms)),
+            "never" => Durability::Never,
+            other => return Err(format!("unknown fsync policy {other:?}")),
+        };
+        Ok(TopicSettings {
+            retention_bytes: self.retention_bytes,
+            retention_ms: self.retention_ms,
+            segment_bytes: self.segment_bytes,
+            durability,
+            max_batch_bytes: self.max_batch_bytes,
+        })
     }
 }
 
@@ -163,21 +138,7 @@ impl TopicSettings {
 struct TopicMeta {
     name: String,
     partitions: u32,
-    settings: TopicSettings,
-}
-
-/// One partition: its log, a watch of its high watermark for long polls, and its share of
-/// the in-flight produce bytes.
-#[derive(Debug)]
-pub struct Partition {
-    /// The partition number.
-    pub id: u32,
-    /// The log.
-    pub log: Arc<Log>,
-    /// The high watermark, sent by the log's listener each time it advances.
-    pub high_watermark: watch::Receiver<u64>,
-    /// Produce bytes accepted and not yet acknowledged.
-    pub inflight: Arc<Semaphore>,
+    settings: StoredSettings,
 }
 
 /// A topic and its partitions.
@@ -218,26 +179,14 @@ pub struct Topics {
     creating: Mutex<HashSet<String>>,
     /// Per-partition in-flight bound, bytes.
     partition_inflight_bytes: u32,
+    /// The broker-wide and per-connection in-flight bounds every partition shares.
+    limiter: Arc<Limiter>,
 }
 
 /// Checks a topic name: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`; names starting with `__`
 /// are internal unless `internal` is set.
 pub fn validate_name(name: &str, internal: bool) -> Result<()> {
-    let reason = if name.is_empty() || name.len() > MAX_NAME_LEN {
-        Some("must be 1 to 249 characters")
-    } else if name == "." || name == ".." {
-        Some("must not be \".\" or \"..\"")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        Some("may hold only ASCII letters, digits, '.', '_' and '-'")
-    } else if name.starts_with("__") && !internal {
-        Some("names starting with \"__\" are reserved for internal topics")
-    } else {
-        None
-    };
-    match reason {
+    match topic_name_problem(name, internal) {
         Some(reason) => Err(Error::invalid("topic", name, reason)),
         None => Ok(()),
     }
@@ -245,13 +194,14 @@ pub fn validate_name(name: &str, internal: bool) -> Result<()> {
 
 impl Topics {
     /// Opens every topic found under the data directory (blocking: run it off the runtime).
-    pub fn open(store: Store, partition_inflight_bytes: u32) -> Result<Self> {
+    pub fn open(store: Store, limiter: Arc<Limiter>) -> Result<Self> {
         let topics = Self {
             root: store.root().to_path_buf(),
             store: RwLock::new(Some(store)),
             topics: RwLock::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
-            partition_inflight_bytes,
+            partition_inflight_bytes: limiter.partition_limit(),
+            limiter,
         };
         let root = topics.root.join(TOPICS_DIR);
         if root.exists() {
@@ -291,7 +241,13 @@ impl Topics {
     }
 
     fn open_topic(&self, meta: &TopicMeta) -> Result<Topic> {
-        let config = meta.settings.log_config()?;
+        let path = self.topic_dir(&meta.name).join(META_FILE);
+        let settings = meta
+            .settings
+            .settings()
+            .map_err(|reason| Error::BadMetadata { path, reason })?;
+        let config = settings.log_config()?;
+        let name: Arc<str> = Arc::from(meta.name.as_str());
         let store = self.store.read().unwrap_or_else(|p| p.into_inner());
         let store = store.as_ref().ok_or_else(|| {
             Error::Storage(sluice_storage::Error::Closed {
@@ -302,20 +258,17 @@ impl Topics {
         for id in 0..meta.partitions {
             let log =
                 store.open_log(&format!("{TOPICS_DIR}/{}/{id}", meta.name), config.clone())?;
-            let (sender, receiver) = watch::channel(log.high_watermark());
-            log.on_high_watermark(Box::new(move |hw| {
-                sender.send_replace(hw);
-            }));
-            partitions.push(Arc::new(Partition {
+            partitions.push(Arc::new(Partition::new(
+                Arc::clone(&name),
                 id,
                 log,
-                high_watermark: receiver,
-                inflight: Arc::new(Semaphore::new(self.partition_inflight_bytes as usize)),
-            }));
+                Arc::clone(&self.limiter),
+                self.partition_inflight_bytes,
+            )));
         }
         Ok(Topic {
             name: meta.name.clone(),
-            settings: meta.settings.clone(),
+            settings,
             partitions,
             dir: self.topic_dir(&meta.name),
         })
@@ -389,7 +342,7 @@ impl Topics {
         let meta = TopicMeta {
             name: name.to_owned(),
             partitions,
-            settings,
+            settings: StoredSettings::new(&settings),
         };
         let dir = self.topic_dir(name);
         if dir.exists() {
@@ -423,8 +376,8 @@ impl Topics {
         let meta = topic.dir.join(META_FILE);
         std::fs::remove_file(&meta).map_err(|e| Error::io("unlink", &meta, e))?;
         for partition in &topic.partitions {
-            if let Err(error) = partition.log.close() {
-                tracing::warn!(topic = name, partition = partition.id, %error, "closing deleted partition");
+            if let Err(error) = partition.close() {
+                tracing::warn!(topic = name, partition = partition.id(), %error, "closing deleted partition");
             }
         }
         std::fs::remove_dir_all(&topic.dir).map_err(|e| Error::io("remove", &topic.dir, e))?;
@@ -436,8 +389,8 @@ impl Topics {
     pub fn enforce_retention(&self) {
         for topic in self.list() {
             for partition in &topic.partitions {
-                if let Err(error) = partition.log.enforce_retention() {
-                    tracing::warn!(topic = %topic.name, partition = partition.id, %error, "retention failed");
+                if let Err(error) = partition.enforce_retention() {
+                    tracing::warn!(topic = %topic.name, partition = partition.id(), %error, "retention failed");
                 }
             }
         }
@@ -450,8 +403,8 @@ impl Topics {
         let topics: Vec<Arc<Topic>> = self.write().drain().map(|(_, topic)| topic).collect();
         for topic in topics {
             for partition in &topic.partitions {
-                if let Err(error) = partition.log.close() {
-                    tracing::error!(topic = %topic.name, partition = partition.id, %error, "closing partition failed");
+                if let Err(error) = partition.close() {
+                    tracing::error!(topic = %topic.name, partition = partition.id(), %error, "closing partition failed");
                 }
             }
         }
@@ -483,48 +436,41 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for good in ["orders", "a", "a.b-c_d", &"x".repeat(249)] {
-            assert!(validate_name(good, false).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "a b",
-            "é",
-            "__internal",
-            &"x".repeat(250),
-        ] {
-            assert!(validate_name(bad, false).is_err(), "{bad}");
-        }
+        assert!(validate_name("orders", false).is_ok());
+        assert!(validate_name("__consumer_offsets", false).is_err());
         assert!(validate_name("__consumer_offsets", true).is_ok());
     }
 
     #[test]
-    fn settings_defaults_and_bounds() {
-        let settings = TopicSettings::from_proto(None).map_err(|e| e.to_string());
-        assert_eq!(settings.as_ref().map(|s| s.fsync), Ok(Fsync::Always));
-        assert_eq!(
-            settings.as_ref().map(|s| s.retention_ms),
-            Ok(Some(DEFAULT_RETENTION_MS))
-        );
-        let bad = pb::TopicConfig {
-            segment_bytes: Some(10),
-            ..Default::default()
+    fn stored_settings_round_trip_and_bad_values_name_the_field() {
+        for durability in [
+            Durability::Always,
+            Durability::Never,
+            Durability::Interval(Duration::from_millis(250)),
+        ] {
+            let settings = TopicSettings {
+                durability,
+                ..TopicSettings::default()
+            };
+            assert_eq!(StoredSettings::new(&settings).settings(), Ok(settings));
+        }
+        let bad = TopicSettings {
+            segment_bytes: 10,
+            ..TopicSettings::default()
         };
-        match TopicSettings::from_proto(Some(&bad)) {
+        match bad.log_config() {
             Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "segment_bytes"),
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
-        let forever = pb::TopicConfig {
-            retention_ms: Some(-1),
-            retention_bytes: Some(-7),
-            ..Default::default()
-        };
-        match TopicSettings::from_proto(Some(&forever)) {
-            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "retention_bytes"),
-            other => panic!("expected InvalidArgument, got {other:?}"),
-        }
+        // The file format of the first release still reads.
+        let text = r#"{"retention_bytes":null,"retention_ms":604800000,"segment_bytes":1073741824,
+            "fsync":"interval","fsync_interval_ms":100,"max_batch_bytes":4194304}"#;
+        let stored: StoredSettings = serde_json::from_str(text)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            stored.settings().map(|s| s.durability),
+            Ok(Durability::Interval(Duration::from_millis(100)))
+        );
     }
 }

@@ -12,9 +12,7 @@
 //! without, and ~140 MiB still resident after the load.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{ChildBroker, endpoint};
+use sluice_server::testing::{ChildBroker, endpoint};
 
 use bytes::Bytes;
 use sluice_proto::v1 as pb;
@@ -337,6 +335,7 @@ async fn overload(
         .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
         .collect();
     let broker = ChildBroker::start(
+        sluice_bin(),
         data,
         logs,
         &args,
@@ -622,4 +621,9 @@ async fn control_without_bounds_memory_exceeds_the_bound() {
     })
     .await
     .expect("test finished within the hang guard");
+}
+
+/// The `sluice` binary this package built.
+fn sluice_bin() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_sluice"))
 }

@@ -1,44 +1,15 @@
 //! The `sluice` binary's client commands against a real broker on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+use sluice_server::testing::TestBroker;
+use sluice_server::{Clock, Env};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-struct Broker {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<sluice_server::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Broker {
-    let dir = tempfile::tempdir().unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap();
-    let config = sluice_server::Config {
-        data_dir: dir.path().to_path_buf(),
-        grpc_addr: addr,
-        http_addr: http.local_addr().unwrap(),
-        ..sluice_server::Config::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sluice_server::run(config, grpc, http, async move {
-        let _ = stopped.await;
-    }));
-    Broker {
-        addr,
-        stop: Some(stop),
-        task,
-        _dir: dir,
-    }
-}
-
 /// Runs `sluice ARGS` with `stdin`, bounded in time; returns (success, stdout, stderr).
-async fn sluice(broker: &Broker, args: &[&str], stdin: &str) -> (bool, String, String) {
+async fn sluice(broker: &TestBroker, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .env("SLUICE_BROKER", broker.addr.to_string())
@@ -64,7 +35,13 @@ async fn sluice(broker: &Broker, args: &[&str], stdin: &str) -> (bool, String, S
 
 #[tokio::test]
 async fn topic_produce_consume_replay_and_bench() {
-    let broker = start().await;
+    // The broker's clock moves only when the test moves it: replay by time needs no sleep.
+    let (clock, time) = Clock::manual(1_700_000_000_000);
+    let env = Env {
+        clock,
+        ..Env::default()
+    };
+    let broker = TestBroker::start_env(None, env, |_| {}).await;
     let (ok, out, err) = sluice(
         &broker,
         &["topic", "create", "demo", "--partitions", "2"],
@@ -97,10 +74,11 @@ async fn topic_produce_consume_replay_and_bench() {
     assert!(ok);
     assert_eq!(out, "0/0 a one\n0/1 b two\n");
 
-    // Replay from a time: only what was produced after it.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Replay from a time: only what was appended after it.
+    time.advance(Duration::from_secs(1800));
+    let since = std::time::UNIX_EPOCH + Duration::from_millis(time.now_ms() as u64);
+    let since = humantime::format_rfc3339_millis(since).to_string();
+    time.advance(Duration::from_secs(1800));
     let (ok, _, err) = sluice(&broker, &["produce", "demo", "--partition", "1"], "later\n").await;
     assert!(ok, "{err}");
     let (ok, out, err) = sluice(&broker, &["consume", "demo", "--from", &since], "").await;
@@ -156,7 +134,5 @@ async fn topic_produce_consume_replay_and_bench() {
     assert!(ok);
     assert_eq!(out.trim(), "b\t4");
 
-    let Broker { stop, task, .. } = broker;
-    let _ = stop.map(|s| s.send(()));
-    task.await.unwrap().unwrap();
+    broker.stop().await;
 }

@@ -9,13 +9,11 @@
 //! batch that was not acknowledged is the one its producer had in flight, and produce works again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::ChildBroker;
+use sluice_server::testing::ChildBroker;
 
 use bytes::{Bytes, BytesMut};
 use sluice_proto::v1 as pb;
-use sluice_storage::format::{BatchBuilder, BatchPrefix, BatchView};
+use sluice_storage::format::{BatchBuilder, BatchPrefix, Batches};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -154,18 +152,18 @@ async fn read_all(
             .await
             .unwrap_or_else(|status| panic!("fetch partition {partition} at {offset}: {status:?}"))
             .into_inner();
-        let mut rest = fetched.batches.clone();
-        while !rest.is_empty() {
-            let prefix = BatchPrefix::parse(&rest).expect("whole batch prefix");
+        for framed in Batches::new(&fetched.batches) {
+            let framed = framed.expect("whole batches");
+            let prefix = framed.prefix;
             assert_eq!(
                 prefix.base_offset, offset,
                 "partition {partition}: offsets not dense (expected a batch at {offset})"
             );
-            let one = rest.split_to(prefix.total_len as usize);
-            BatchView::new(&one, usize::MAX)
+            framed
+                .validated(usize::MAX)
                 .unwrap_or_else(|e| panic!("partition {partition} batch at {offset}: {e}"));
             offset = prefix.next_offset();
-            batches.push((prefix.base_offset, one));
+            batches.push((prefix.base_offset, fetched.batches.slice_ref(framed.bytes)));
         }
         if offset >= fetched.high_watermark {
             assert_eq!(offset, fetched.high_watermark, "partition {partition}");
@@ -403,7 +401,7 @@ async fn sigkill_mid_load() {
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let mut broker = ChildBroker::start(data.path(), logs.path(), &[], &[]).await;
+    let mut broker = ChildBroker::start(sluice_bin(), data.path(), logs.path(), &[], &[]).await;
     create_topic(&broker).await;
     let (sent, status) = load_then_stop(&mut broker, Stop::Kill).await;
     assert!(!status.success(), "SIGKILL exits unsuccessfully: {status}");
@@ -421,7 +419,7 @@ async fn sigkill_mid_load() {
     }
     drop(broker);
 
-    let mut broker = ChildBroker::start(data.path(), logs.path(), &[], &[]).await;
+    let mut broker = ChildBroker::start(sluice_bin(), data.path(), logs.path(), &[], &[]).await;
     let (acked, unacked) = verify(&broker, &sent).await;
     produce_again(&broker).await;
     // The recovered broker also stops cleanly.
@@ -449,7 +447,7 @@ async fn sigterm_mid_load() {
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let mut broker = ChildBroker::start(data.path(), logs.path(), &[], &[]).await;
+    let mut broker = ChildBroker::start(sluice_bin(), data.path(), logs.path(), &[], &[]).await;
     create_topic(&broker).await;
     let (sent, status) = load_then_stop(&mut broker, Stop::Term).await;
     assert!(
@@ -467,7 +465,7 @@ async fn sigterm_mid_load() {
     }
     drop(broker);
 
-    let mut broker = ChildBroker::start(data.path(), logs.path(), &[], &[]).await;
+    let mut broker = ChildBroker::start(sluice_bin(), data.path(), logs.path(), &[], &[]).await;
     // Opening consumed the markers: the next crash will not be mistaken for a clean stop.
     for dir in partition_dirs(data.path()) {
         assert!(
@@ -489,4 +487,9 @@ async fn sigterm_mid_load() {
          unacknowledged ones present too; test took {:?}",
         started.elapsed()
     );
+}
+
+/// The `sluice` binary this package built.
+fn sluice_bin() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_sluice"))
 }

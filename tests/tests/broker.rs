@@ -2,20 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sluice_proto::v1 as pb;
-use sluice_tests::{TestBroker, batch, create_topic, decode, now_ms};
+use sluice_tests::{TestBroker, batch, create_topic, decode, expect_status, now_ms};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-/// Asserts a status's code and that its message names the problem.
-fn expect_status(status: &tonic::Status, code: Code, needle: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(needle),
-        "{:?} does not name {needle:?}",
-        status.message()
-    );
-}
 
 /// The status of a CreateTopic that must fail.
 async fn create_error(
@@ -109,17 +99,23 @@ async fn produce_fetch_round_trip_and_replay() {
 
 #[tokio::test]
 async fn replay_from_timestamp() {
-    let broker = TestBroker::start().await;
+    // The broker's clock moves only when the test moves it: no sleeping between appends.
+    let (clock, time) = sluice_server::Clock::manual(1_767_225_600_000);
+    let env = sluice_server::Env {
+        clock,
+        ..sluice_server::Env::default()
+    };
+    let broker = TestBroker::start_env(None, env, |_| {}).await;
     create_topic(&broker, "t", 1, pb::TopicConfig::default()).await;
     let mut log = broker.log().await;
-    log.produce(produce("t", 0, batch("old", 3, 10, now_ms())))
+    log.produce(produce("t", 0, batch("old", 3, 10, time.now_ms())))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let cut = now_ms();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    time.advance(Duration::from_millis(20));
+    let cut = time.now_ms();
+    time.advance(Duration::from_millis(5));
     let second = log
-        .produce(produce("t", 0, batch("new", 2, 10, now_ms())))
+        .produce(produce("t", 0, batch("new", 2, 10, time.now_ms())))
         .await
         .unwrap();
     let at = log
@@ -138,7 +134,7 @@ async fn replay_from_timestamp() {
             topic: "t".into(),
             partition: 0,
             spec: pb::OffsetSpec::Timestamp as i32,
-            timestamp_ms: now_ms() + 60_000,
+            timestamp_ms: time.now_ms() + 60_000,
         })
         .await
         .unwrap()
@@ -432,11 +428,17 @@ async fn topics_admin_and_group_offsets_survive_restart() {
     drop(keep);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn committed_offsets_are_compacted_and_survive_restart() {
-    let broker = TestBroker::start_with(|c| {
+    // On paused time with the broker's clock following it: the background pass runs when the
+    // test advances time, not after a sleep.
+    let env = sluice_server::Env {
+        clock: sluice_server::Clock::follow_tokio(1_767_225_600_000),
+        ..sluice_server::Env::default()
+    };
+    let broker = TestBroker::start_env(None, env, |c| {
         c.offsets_segment_bytes = 4096;
-        c.retention_check_interval_ms = 100;
+        c.retention_check_interval_ms = 60_000;
     })
     .await;
     create_topic(&broker, "t", 4, pb::TopicConfig::default()).await;
@@ -481,10 +483,11 @@ async fn committed_offsets_are_compacted_and_survive_restart() {
         }
     }
     // 480 commits of ~40 bytes span several 4 KiB segments; compaction copies the 8 live ones
-    // forward and deletes the rest (bounded wait for the background pass).
+    // forward and deletes the rest, on the next background pass.
     let mut admin = broker.admin().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     loop {
+        tokio::time::advance(Duration::from_secs(60)).await;
         let internal = admin
             .describe_topic(pb::DescribeTopicRequest {
                 name: "__consumer_offsets".into(),
@@ -505,7 +508,6 @@ async fn committed_offsets_are_compacted_and_survive_restart() {
             tokio::time::Instant::now() < deadline,
             "offsets never compacted: {partition:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (dir, keep) = broker.stop_keeping_dir().await;
     let broker = TestBroker::start_in(dir, |_| {}).await;

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sluice_proto::v1 as pb;
-use sluice_storage::format::{BatchBuilder, BatchPrefix, BatchView};
+use sluice_storage::format::{BatchBuilder, Batches};
 use sluice_tests::{TestBroker, create_topic, now_ms};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -157,11 +157,9 @@ async fn read_partition(
             .await
             .unwrap()
             .into_inner();
-        let mut rest: &[u8] = &fetched.batches;
-        while !rest.is_empty() {
-            let prefix = BatchPrefix::parse(rest).expect("whole batch prefix");
-            let (one, tail) = rest.split_at(prefix.total_len as usize);
-            let view = BatchView::new(one, usize::MAX).expect("valid batch read back");
+        for framed in Batches::new(&fetched.batches) {
+            let framed = framed.expect("whole batches");
+            let view = framed.validated(usize::MAX).expect("valid batch read back");
             batches.push((view.base_offset(), view.last_offset()));
             let mut walk = view.records();
             for record in walk.by_ref() {
@@ -175,8 +173,7 @@ async fn read_partition(
                 view.base_offset(),
                 walk.error()
             );
-            offset = prefix.next_offset();
-            rest = tail;
+            offset = framed.prefix.next_offset();
         }
         if offset >= fetched.high_watermark {
             return (records, batches, fetched.high_watermark);

@@ -6,24 +6,23 @@
 //! The summary gives throughput and produce-ack (per request) and end-to-end (per record)
 //! latency percentiles; `--json` prints it as one JSON object.
 
-use super::{BrokerArgs, status};
+use super::{BrokerArgs, parse_fsync};
 use anyhow::Context;
 use bytes::Bytes;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use hdrhistogram::Histogram;
-use sluice_proto::v1 as pb;
-use sluice_storage::format::{BatchBuilder, BatchPrefix, BatchView};
+use sluice_client::admin::{FsyncPolicy, TopicConfig};
+use sluice_client::{
+    BatchBuilder, Consumer, ConsumerConfig, Producer, ProducerConfig, RetryPolicy, StartFrom,
+};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Fsync {
-    Always,
-    Never,
-}
+/// Attempts a bench request gets: back pressure is part of the load, so keep retrying.
+const BENCH_ATTEMPTS: u32 = 1000;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -35,9 +34,9 @@ pub struct BenchArgs {
     /// Partitions when the topic is created.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
-    /// Durability when the topic is created.
-    #[arg(long, value_enum, default_value = "always")]
-    fsync: Fsync,
+    /// Durability when the topic is created: always, interval or never.
+    #[arg(long, value_parser = parse_fsync, default_value = "always")]
+    fsync: FsyncPolicy,
     /// Concurrent producers (each its own connection).
     #[arg(long, default_value_t = 1)]
     producers: u32,
@@ -105,36 +104,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.producers >= 1, "--producers must be at least 1");
     anyhow::ensure!(args.inflight >= 1, "--inflight must be at least 1");
     let records_per_batch = (args.batch_bytes / (args.record_size + 8)).max(1);
-    let mut admin = args.broker.admin().await?;
-    let topic = match admin
-        .describe_topic(pb::DescribeTopicRequest {
-            name: args.topic.clone(),
-        })
-        .await
-    {
-        Ok(described) => described.into_inner().topic,
-        Err(s) if s.code() == tonic::Code::NotFound => {
+    let admin = args.broker.admin().await?;
+    let topic = match admin.describe_topic(&args.topic).await {
+        Ok(described) => described,
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+            let config = TopicConfig {
+                fsync: args.fsync as i32,
+                max_batch_bytes: Some((args.batch_bytes as u32).max(4 << 20)),
+                ..TopicConfig::default()
+            };
             admin
-                .create_topic(pb::CreateTopicRequest {
-                    name: args.topic.clone(),
-                    partitions: args.partitions,
-                    config: Some(pb::TopicConfig {
-                        fsync: match args.fsync {
-                            Fsync::Always => pb::FsyncPolicy::Always,
-                            Fsync::Never => pb::FsyncPolicy::Never,
-                        } as i32,
-                        max_batch_bytes: Some((args.batch_bytes as u32).max(4 << 20)),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map_err(|s| status("creating the bench topic", s))?
-                .into_inner()
-                .topic
+                .create_topic(&args.topic, args.partitions, config)
+                .await?
         }
-        Err(s) => return Err(status("describing the bench topic", s)),
-    }
-    .context("broker returned no topic description")?;
+        Err(e) => return Err(e.into()),
+    };
     let partitions: Vec<(u32, u64)> = topic
         .partitions
         .iter()
@@ -173,61 +157,45 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if mine.is_empty() {
             continue;
         }
-        let mut log = args.broker.log().await?;
-        let topic = args.topic.clone();
+        let config = ConsumerConfig::new()
+            .connection(args.broker.connection())
+            .max_bytes(4 << 20)
+            .max_wait(Duration::from_millis(100))
+            .retry(RetryPolicy::new().max_attempts(BENCH_ATTEMPTS));
+        let mut consumer = Consumer::connect(config).await?;
+        for &(partition, offset) in &mine {
+            consumer
+                .assign(&args.topic, partition, StartFrom::Offset(offset))
+                .await?;
+        }
         let stats = Arc::clone(&stats);
         let produced_total = Arc::clone(&produced_total);
         let done = Arc::clone(&consumers_done);
         consumer_tasks.push(tokio::spawn(async move {
-            let mut positions = mine;
+            let mut latencies = Vec::new();
             loop {
                 let total = produced_total.load(Ordering::Acquire);
                 if stats.records_consumed.load(Ordering::Acquire) >= total {
                     break;
                 }
-                let mut got_any = false;
-                for (partition, offset) in positions.iter_mut() {
-                    let response = log
-                        .fetch(pb::FetchRequest {
-                            topic: topic.clone(),
-                            partition: *partition,
-                            offset: *offset,
-                            max_bytes: 4 << 20,
-                            max_wait_ms: if got_any { 0 } else { 100 },
-                        })
-                        .await
-                        .map_err(|s| status("fetch", s))?
-                        .into_inner();
-                    let arrived = now_ns();
-                    let mut rest = &response.batches[..];
-                    let mut latencies = Vec::new();
-                    while let Some(prefix) = BatchPrefix::parse(rest) {
-                        let len = prefix.total_len as usize;
-                        let batch = rest.get(..len).context("truncated batch in fetch")?;
-                        let view = BatchView::with_checksum(batch)?;
-                        for record in view.records() {
-                            if record.offset < *offset {
-                                continue;
-                            }
-                            if let Some(stamp) = record.value.and_then(|v| v.get(..8)) {
-                                let mut le = [0u8; 8];
-                                le.copy_from_slice(stamp);
-                                let sent = u64::from_le_bytes(le);
-                                latencies.push(arrived.saturating_sub(sent) / 1000);
-                            }
-                            *offset = record.offset + 1;
-                        }
-                        rest = &rest[len..];
+                let records = consumer.poll().await?;
+                let arrived = now_ns();
+                latencies.clear();
+                for record in &records {
+                    if let Some(stamp) = record.value.as_ref().and_then(|v| v.get(..8)) {
+                        let mut le = [0u8; 8];
+                        le.copy_from_slice(stamp);
+                        let sent = u64::from_le_bytes(le);
+                        latencies.push(arrived.saturating_sub(sent) / 1000);
                     }
-                    if !latencies.is_empty() {
-                        got_any = true;
-                        stats
-                            .records_consumed
-                            .fetch_add(latencies.len() as u64, Ordering::AcqRel);
-                        let mut e2e = stats.e2e_us.lock().await;
-                        for us in latencies {
-                            let _ = e2e.record(us.max(1));
-                        }
+                }
+                if !latencies.is_empty() {
+                    stats
+                        .records_consumed
+                        .fetch_add(latencies.len() as u64, Ordering::AcqRel);
+                    let mut e2e = stats.e2e_us.lock().await;
+                    for &us in &latencies {
+                        let _ = e2e.record(us.max(1));
                     }
                 }
             }
@@ -238,7 +206,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut producer_tasks = Vec::new();
     for p in 0..args.producers {
-        let log = args.broker.log().await?;
+        let producer = Producer::connect(
+            ProducerConfig::new()
+                .connection(args.broker.connection())
+                .retry(RetryPolicy::new().max_attempts(BENCH_ATTEMPTS)),
+        )
+        .await?;
         let topic = args.topic.clone();
         let stats = Arc::clone(&stats);
         let records_to_send = Arc::clone(&records_to_send);
@@ -265,45 +238,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let batch = build_batch(records, record_size)?;
                 let partition = partitions[next % partitions.len()];
                 next += 1;
-                let mut log = log.clone();
+                let producer = producer.clone();
                 let topic = topic.clone();
                 let stats = Arc::clone(&stats);
                 requests.spawn(async move {
                     let _permit = permit;
-                    loop {
-                        let sent = Instant::now();
-                        let result = log
-                            .produce(pb::ProduceRequest {
-                                topic: topic.clone(),
-                                partition,
-                                batch: batch.clone(),
-                            })
-                            .await;
-                        match result {
-                            Ok(_) => {
-                                let us = sent.elapsed().as_micros() as u64;
-                                let _ = stats.ack_us.lock().await.record(us.max(1));
-                                stats
-                                    .records_produced
-                                    .fetch_add(records as u64, Ordering::AcqRel);
-                                stats
-                                    .bytes_produced
-                                    .fetch_add((records * record_size) as u64, Ordering::AcqRel);
-                                return anyhow::Ok(());
-                            }
-                            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                                stats.refused.fetch_add(1, Ordering::AcqRel);
-                                let wait = s
-                                    .metadata()
-                                    .get("retry-after-ms")
-                                    .and_then(|v| v.to_str().ok())
-                                    .and_then(|v| v.parse().ok())
-                                    .unwrap_or(50u64);
-                                tokio::time::sleep(Duration::from_millis(wait)).await;
-                            }
-                            Err(s) => return Err(status("produce", s)),
-                        }
-                    }
+                    let sent = Instant::now();
+                    let appended = producer.send_batch(&topic, partition, batch).await?;
+                    // Time to the ack, back-pressure retries included.
+                    let us = sent.elapsed().as_micros() as u64;
+                    let _ = stats.ack_us.lock().await.record(us.max(1));
+                    stats
+                        .refused
+                        .fetch_add(u64::from(appended.attempts - 1), Ordering::AcqRel);
+                    stats
+                        .records_produced
+                        .fetch_add(records as u64, Ordering::AcqRel);
+                    stats
+                        .bytes_produced
+                        .fetch_add((records * record_size) as u64, Ordering::AcqRel);
+                    anyhow::Ok(())
                 });
                 while let Some(done) = requests.try_join_next() {
                     done??;
@@ -312,6 +266,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             while let Some(done) = requests.join_next().await {
                 done??;
             }
+            producer.close().await;
             anyhow::Ok(())
         }));
     }
@@ -425,7 +380,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         writeln!(
             out,
-            "refused (RESOURCE_EXHAUSTED, retried): {}",
+            "retried (back pressure or reconnect): {}",
             stats.refused.load(Ordering::Acquire)
         )?;
     }

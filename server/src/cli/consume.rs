@@ -1,11 +1,11 @@
 //! `sluice consume TOPIC`: prints one value per line, from a start point, to the end of the log
 //! (or forever with `--follow`, or for `--count` records), through the client's `Consumer`.
 
-use super::{BrokerArgs, status};
+use super::BrokerArgs;
 use anyhow::Context;
 use clap::Args;
+use sluice_client::admin::PartitionDescription;
 use sluice_client::{Consumer, ConsumerConfig, StartFrom};
-use sluice_proto::v1 as pb;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -63,15 +63,9 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         .broker
         .admin()
         .await?
-        .describe_topic(pb::DescribeTopicRequest {
-            name: args.topic.clone(),
-        })
-        .await
-        .map_err(|s| status(&format!("describing topic {:?}", args.topic), s))?
-        .into_inner()
-        .topic
-        .context("broker returned no topic description")?;
-    let partitions: Vec<&pb::PartitionDescription> = described
+        .describe_topic(&args.topic)
+        .await?;
+    let partitions: Vec<&PartitionDescription> = described
         .partitions
         .iter()
         .filter(|p| args.partition.is_none_or(|only| p.partition == only))
@@ -82,7 +76,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         args.topic,
         args.partition
     );
-    let mut config = ConsumerConfig::new().broker(args.broker.broker.clone());
+    let mut config = ConsumerConfig::new().connection(args.broker.connection());
     if let Some(group) = &args.group {
         config = config.group(group.clone());
     }
@@ -90,22 +84,15 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting a consumer to {}", args.broker.broker))?;
     let committed: HashMap<u32, u64> = match &args.group {
-        Some(group) => args
-            .broker
-            .groups()
-            .await?
-            .fetch_offsets(pb::FetchOffsetsRequest {
-                group: group.clone(),
-                topic: args.topic.clone(),
-                partitions: partitions.iter().map(|p| p.partition).collect(),
-            })
-            .await
-            .map_err(|s| status("fetching committed offsets", s))?
-            .into_inner()
-            .offsets
-            .into_iter()
-            .filter_map(|c| Some((c.partition, c.offset?)))
-            .collect(),
+        Some(_) => {
+            let ids: Vec<u32> = partitions.iter().map(|p| p.partition).collect();
+            consumer
+                .committed(&args.topic, &ids)
+                .await?
+                .into_iter()
+                .filter_map(|(partition, offset)| Some((partition, offset?)))
+                .collect()
+        }
         None => HashMap::new(),
     };
     // Where "the end of the log" is for a non-following consume: the ends at start.

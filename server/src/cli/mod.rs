@@ -8,11 +8,9 @@ mod consume;
 mod produce;
 mod topic;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use sluice_proto::v1 as pb;
-use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use sluice_client::admin::FsyncPolicy;
+use sluice_client::{Admin, ConnectionConfig};
 
 /// The commands that talk to a running broker.
 #[derive(Debug, Subcommand)]
@@ -36,39 +34,41 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
-    /// A channel to the broker (TCP_NODELAY, 8/16 MiB windows as the broker uses).
-    pub async fn connect(&self) -> anyhow::Result<Channel> {
-        let uri = if self.broker.contains("://") {
-            self.broker.clone()
-        } else {
-            format!("http://{}", self.broker)
-        };
-        Endpoint::from_shared(uri.clone())
-            .with_context(|| format!("bad broker address {:?}", self.broker))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20)
-            // 1 MiB frames for fetched batches: 2.2x the fetch throughput of h2's 16 KiB.
-            .max_frame_size(1 << 20)
-            .connect()
+    /// The client connection settings for the broker (TCP_NODELAY, the broker's windows,
+    /// 1 MiB frames: the client's defaults).
+    pub fn connection(&self) -> ConnectionConfig {
+        ConnectionConfig::new().address(self.broker.clone())
+    }
+
+    /// An admin handle on the broker.
+    pub async fn admin(&self) -> anyhow::Result<Admin> {
+        Admin::connect(self.connection())
             .await
-            .with_context(|| format!("cannot connect to the broker at {uri}"))
+            .map_err(|e| anyhow::anyhow!("{e}: {}", error_chain(&e)))
     }
+}
 
-    pub async fn log(&self) -> anyhow::Result<pb::log_client::LogClient<Channel>> {
-        Ok(pb::log_client::LogClient::new(self.connect().await?)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+/// `always`, `interval` or `never`, as `--fsync` takes it.
+pub fn parse_fsync(text: &str) -> Result<FsyncPolicy, String> {
+    match text {
+        "always" => Ok(FsyncPolicy::Always),
+        "interval" => Ok(FsyncPolicy::Interval),
+        "never" => Ok(FsyncPolicy::Never),
+        other => Err(format!(
+            "{other:?} is not a durability: use always, interval or never"
+        )),
     }
+}
 
-    pub async fn admin(&self) -> anyhow::Result<pb::admin_client::AdminClient<Channel>> {
-        Ok(pb::admin_client::AdminClient::new(self.connect().await?))
+/// The causes below an error, joined, for messages that should say why a connect failed.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
     }
-
-    pub async fn groups(&self) -> anyhow::Result<pb::groups_client::GroupsClient<Channel>> {
-        Ok(pb::groups_client::GroupsClient::new(self.connect().await?))
-    }
+    causes.join(": ")
 }
 
 /// Runs a client command.
@@ -79,9 +79,4 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Consume(args) => consume::run(args).await,
         ClientCommand::Bench(args) => bench::run(args).await,
     }
-}
-
-/// A gRPC status as an error that says what the broker said.
-pub fn status(context: &str, status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{context}: {} ({:?})", status.message(), status.code())
 }

@@ -32,7 +32,7 @@ pub struct ProduceArgs {
 pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let producer = Producer::connect(
         ProducerConfig::new()
-            .broker(args.broker.broker.clone())
+            .connection(args.broker.connection())
             .linger(Duration::from_millis(args.linger_ms)),
     )
     .await

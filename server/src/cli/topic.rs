@@ -1,8 +1,8 @@
 //! `sluice topic create|list|describe|delete`.
 
-use super::{BrokerArgs, status};
-use clap::{Args, Subcommand, ValueEnum};
-use sluice_proto::v1 as pb;
+use super::{BrokerArgs, parse_fsync};
+use clap::{Args, Subcommand};
+use sluice_client::admin::{FsyncPolicy, TopicConfig, TopicDescription};
 
 #[derive(Debug, Args)]
 pub struct TopicArgs {
@@ -10,13 +10,6 @@ pub struct TopicArgs {
     broker: BrokerArgs,
     #[command(subcommand)]
     command: TopicCommand,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Fsync {
-    Always,
-    Interval,
-    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,9 +29,9 @@ enum TopicCommand {
         /// Segment size, bytes [default: 1 GiB].
         #[arg(long)]
         segment_bytes: Option<u64>,
-        /// Durability [default: always].
-        #[arg(long, value_enum)]
-        fsync: Option<Fsync>,
+        /// Durability: always, interval or never [default: always].
+        #[arg(long, value_parser = parse_fsync)]
+        fsync: Option<FsyncPolicy>,
         /// fsync interval with --fsync interval, ms [default: 1000].
         #[arg(long)]
         fsync_interval_ms: Option<u64>,
@@ -54,9 +47,9 @@ enum TopicCommand {
     Delete { name: String },
 }
 
-fn print_description(topic: &pb::TopicDescription) {
+fn print_description(topic: &TopicDescription) {
     let config = topic.config.unwrap_or_default();
-    let fsync = pb::FsyncPolicy::try_from(config.fsync)
+    let fsync = FsyncPolicy::try_from(config.fsync)
         .map(|f| {
             f.as_str_name()
                 .trim_start_matches("FSYNC_POLICY_")
@@ -89,7 +82,7 @@ fn print_description(topic: &pb::TopicDescription) {
 }
 
 pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
-    let mut admin = args.broker.admin().await?;
+    let admin = args.broker.admin().await?;
     match args.command {
         TopicCommand::Create {
             name,
@@ -101,58 +94,27 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
             fsync_interval_ms,
             max_batch_bytes,
         } => {
-            let fsync = match fsync {
-                None => pb::FsyncPolicy::Unspecified,
-                Some(Fsync::Always) => pb::FsyncPolicy::Always,
-                Some(Fsync::Interval) => pb::FsyncPolicy::Interval,
-                Some(Fsync::Never) => pb::FsyncPolicy::Never,
+            let config = TopicConfig {
+                retention_bytes,
+                retention_ms,
+                segment_bytes,
+                fsync: fsync.unwrap_or(FsyncPolicy::Unspecified) as i32,
+                fsync_interval_ms,
+                max_batch_bytes,
             };
-            let created = admin
-                .create_topic(pb::CreateTopicRequest {
-                    name: name.clone(),
-                    partitions,
-                    config: Some(pb::TopicConfig {
-                        retention_bytes,
-                        retention_ms,
-                        segment_bytes,
-                        fsync: fsync as i32,
-                        fsync_interval_ms,
-                        max_batch_bytes,
-                    }),
-                })
-                .await
-                .map_err(|s| status(&format!("creating topic {name:?}"), s))?
-                .into_inner();
-            if let Some(topic) = created.topic {
-                print_description(&topic);
-            }
+            let created = admin.create_topic(&name, partitions, config).await?;
+            print_description(&created);
         }
         TopicCommand::List => {
-            let topics = admin
-                .list_topics(pb::ListTopicsRequest {})
-                .await
-                .map_err(|s| status("listing topics", s))?
-                .into_inner()
-                .topics;
-            for topic in topics {
+            for topic in admin.list_topics().await? {
                 println!("{}\t{}", topic.name, topic.partitions);
             }
         }
         TopicCommand::Describe { name } => {
-            let described = admin
-                .describe_topic(pb::DescribeTopicRequest { name: name.clone() })
-                .await
-                .map_err(|s| status(&format!("describing topic {name:?}"), s))?
-                .into_inner();
-            if let Some(topic) = described.topic {
-                print_description(&topic);
-            }
+            print_description(&admin.describe_topic(&name).await?);
         }
         TopicCommand::Delete { name } => {
-            admin
-                .delete_topic(pb::DeleteTopicRequest { name: name.clone() })
-                .await
-                .map_err(|s| status(&format!("deleting topic {name:?}"), s))?;
+            admin.delete_topic(&name).await?;
             println!("deleted {name}");
         }
     }

@@ -1,9 +1,10 @@
 //! Committed consumer-group offsets, kept in the internal topic `__consumer_offsets` so the
 //! log stores its own metadata (design.md §4).
 //!
-//! Each commit appends one batch (one record per partition committed) and is acknowledged
-//! once that batch is durable; the latest commit per key wins. The broker replays the topic
-//! at start-up into an in-memory map, which answers fetches.
+//! Each commit appends one batch (one record per partition committed) through the partition's
+//! write path and is acknowledged once that batch is durable; the latest record per key wins.
+//! At start the topic is replayed into memory through the replay hook (`OffsetsState` is the
+//! state machine), and fetches answer from memory.
 //!
 //! ```text
 //! key   = group NUL topic NUL partition (decimal)        (UTF-8)
@@ -11,24 +12,38 @@
 //! ```
 //!
 //! The topic is kept small by copying forward: [`Offsets::compact`] re-appends the latest
-//! commit of every key whose record sits in a sealed segment, then deletes those segments
-//! whole. So the log holds about one record per live key plus the commits since the last pass,
-//! and replay is linear in that. (Storage-level compaction, `cleanup = compact` for any topic,
-//! is its own feature; this needs only whole-segment deletion.)
+//! commit of every key whose newest record sits in a sealed segment, then deletes those
+//! segments whole. So the log holds about one record per live key plus the commits since the
+//! last pass, and replay is linear in that.
+//!
+//! Concurrency without a lock across appends: each key remembers the log offset of its newest
+//! *appended* record (`latest`, set in the pre-append check, under the log's writer lock) apart
+//! from its newest *acknowledged* one (`visible`, which fetches answer from). Commits run
+//! concurrently and share group commits. A compaction copy checks, under the writer lock, that
+//! no key in it got a newer record since it looked; if one did (at an offset past the cutoff,
+//! so it survives the deletion), the key is left out and the copy retried.
 
+use super::{validate_group, validate_metadata};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::topics::{Fsync, Topic, TopicSettings, Topics};
-use sluice_storage::format::{BatchBuilder, BatchPrefix, BatchView};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use crate::partition::{Origin, Partition};
+use crate::topics::{Topic, TopicSettings, Topics};
+use bytes::Bytes;
+use sluice_storage::Durability;
+use sluice_storage::format::{BatchBuilder, BatchView};
+use sluice_storage::replay::StateMachine;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Name of the internal topic.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
-/// Longest group id.
-pub const MAX_GROUP_LEN: usize = 249;
-/// Longest commit metadata.
-pub const MAX_METADATA_BYTES: usize = 4096;
+/// Records per batch when compaction copies commits forward.
+const COMPACT_BATCH_RECORDS: usize = 1000;
+/// Times a compaction copy is rebuilt after racing commits before the pass gives up (the
+/// next pass tries again).
+const COMPACT_RETRIES: usize = 8;
 
+/// (group, topic, partition).
 type Key = (String, String, u32);
 
 /// A committed offset.
@@ -38,33 +53,99 @@ pub struct Committed {
     pub offset: u64,
     /// Free-form metadata.
     pub metadata: String,
-    /// Where the commit sits in the internal log: a later commit of the same key replaces an
-    /// earlier one whatever order concurrent committers update the map in.
+    /// Where the commit's record sits in the internal log: a later record of the same key
+    /// replaces an earlier one, whatever order concurrent committers finish in.
     log_offset: u64,
 }
 
-/// Keeps the later of two commits of one key.
-fn keep_latest(committed: &mut HashMap<Key, Committed>, key: Key, commit: Committed) {
-    match committed.get(&key) {
-        Some(existing) if existing.log_offset > commit.log_offset => {}
-        _ => {
-            committed.insert(key, commit);
+/// What is known of one key.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The newest record appended (acknowledged or not yet).
+    latest: Committed,
+    /// The newest record acknowledged: what fetches see.
+    visible: Option<Committed>,
+}
+
+/// Every key's entry; a std mutex held for short sections only, never across an append.
+#[derive(Debug, Default)]
+struct OffsetsState {
+    entries: HashMap<Key, Entry>,
+    records: u64,
+}
+
+impl OffsetsState {
+    /// Notes an appended record as the key's latest (if it is newer).
+    fn appended(&mut self, key: Key, commit: Committed) {
+        match self.entries.get_mut(&key) {
+            Some(entry) if entry.latest.log_offset > commit.log_offset => {}
+            Some(entry) => entry.latest = commit,
+            None => {
+                self.entries.insert(
+                    key,
+                    Entry {
+                        latest: commit,
+                        visible: None,
+                    },
+                );
+            }
         }
+    }
+
+    /// Makes an acknowledged record visible (if it is newer than what is).
+    fn acknowledged(&mut self, key: &Key, commit: Committed) {
+        if let Some(entry) = self.entries.get_mut(key)
+            && entry
+                .visible
+                .as_ref()
+                .is_none_or(|v| v.log_offset < commit.log_offset)
+        {
+            entry.visible = Some(commit);
+        }
+    }
+}
+
+impl StateMachine for OffsetsState {
+    type Error = Error;
+
+    fn restore(&mut self, _state: &[u8]) -> Result<()> {
+        // Offsets copy forward instead of snapshotting, so the log holds all of its state.
+        Err(Error::BadMetadata {
+            path: OFFSETS_TOPIC.into(),
+            reason: "committed offsets take no snapshot, but one was found".into(),
+        })
+    }
+
+    fn apply(&mut self, batch: &BatchView<'_>) -> Result<()> {
+        for record in batch.records() {
+            let decoded = record
+                .key
+                .and_then(decode_key)
+                .zip(record.value.and_then(decode_value));
+            let Some((key, (offset, metadata))) = decoded else {
+                tracing::warn!(offset = record.offset, "skipping malformed offset commit");
+                continue;
+            };
+            let commit = Committed {
+                offset,
+                metadata,
+                log_offset: record.offset,
+            };
+            self.appended(key.clone(), commit.clone());
+            self.acknowledged(&key, commit);
+            self.records += 1;
+        }
+        Ok(())
     }
 }
 
 /// The offsets store.
 #[derive(Debug)]
 pub struct Offsets {
-    topic: Arc<Topic>,
-    committed: RwLock<HashMap<Key, Committed>>,
-    /// Serializes appends (commits and compaction), so that a record copied forward never
-    /// lands after a newer commit of its key.
-    writes: Mutex<()>,
+    partition: Arc<Partition>,
+    state: Arc<Mutex<OffsetsState>>,
+    clock: Clock,
 }
-
-/// Records per batch when compaction copies commits forward.
-const COMPACT_BATCH_RECORDS: usize = 1000;
 
 fn encode_key(group: &str, topic: &str, partition: u32) -> String {
     format!("{group}\0{topic}\0{partition}")
@@ -82,22 +163,45 @@ fn decode_key(key: &[u8]) -> Option<Key> {
         .then(|| (group.to_owned(), topic.to_owned(), partition))
 }
 
-/// Checks a group id: 1–249 bytes, no NUL.
-pub fn validate_group(group: &str) -> Result<()> {
-    if group.is_empty() || group.len() > MAX_GROUP_LEN || group.contains('\0') {
-        return Err(Error::invalid(
-            "group",
-            group,
-            "must be 1 to 249 bytes without NUL",
-        ));
+fn encode_value(offset: u64, metadata: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + metadata.len());
+    value.extend_from_slice(&offset.to_le_bytes());
+    value.extend_from_slice(metadata.as_bytes());
+    value
+}
+
+fn decode_value(value: &[u8]) -> Option<(u64, String)> {
+    let offset = u64::from_le_bytes(value.get(..8)?.try_into().ok()?);
+    Some((offset, String::from_utf8_lossy(&value[8..]).into_owned()))
+}
+
+/// One batch of commit records, `(key, offset, metadata)` each.
+fn encode_batch<'a>(
+    now_ms: i64,
+    commits: impl Iterator<Item = (&'a Key, u64, &'a str)>,
+) -> Result<Bytes> {
+    let mut builder = BatchBuilder::new();
+    for ((group, topic, partition), offset, metadata) in commits {
+        let key = encode_key(group, topic, *partition);
+        builder
+            .push(
+                now_ms,
+                Some(key.as_bytes()),
+                Some(&encode_value(offset, metadata)),
+                &[],
+            )
+            .map_err(sluice_storage::Error::from)?;
     }
-    Ok(())
+    Ok(builder
+        .finish()
+        .map_err(sluice_storage::Error::from)?
+        .freeze())
 }
 
 impl Offsets {
     /// Opens (creating if needed, with `segment_bytes` segments) the internal topic and
     /// replays it (blocking).
-    pub fn open(topics: &Topics, segment_bytes: u64) -> Result<Self> {
+    pub fn open(topics: &Topics, segment_bytes: u64, clock: Clock) -> Result<Self> {
         let topic = match topics.get(OFFSETS_TOPIC) {
             Ok(topic) => topic,
             Err(_) => {
@@ -105,187 +209,274 @@ impl Offsets {
                     retention_bytes: None,
                     retention_ms: None,
                     segment_bytes,
-                    fsync: Fsync::Always,
-                    fsync_interval_ms: 1000,
+                    durability: Durability::Always,
                     max_batch_bytes: segment_bytes.min(1 << 20) as u32,
                 };
                 topics.create(OFFSETS_TOPIC, 1, settings, true)?
             }
         };
-        let offsets = Self {
-            topic,
-            committed: RwLock::new(HashMap::new()),
-            writes: Mutex::new(()),
-        };
-        offsets.replay()?;
-        Ok(offsets)
-    }
-
-    fn replay(&self) -> Result<()> {
-        let log = &self.topic.partition(0)?.log;
-        let mut committed = self.committed.write().unwrap_or_else(|p| p.into_inner());
-        let mut offset = log.earliest_offset();
-        let mut records = 0u64;
-        while offset < log.high_watermark() {
-            let read = log.read(offset, 1 << 20)?;
-            let mut rest = &read.batches[..];
-            if rest.is_empty() {
-                break;
-            }
-            while let Some(prefix) = BatchPrefix::parse(rest) {
-                let len = prefix.total_len as usize;
-                let Some(batch) = rest.get(..len) else { break };
-                let view =
-                    BatchView::new(batch, usize::MAX).map_err(sluice_storage::Error::from)?;
-                for record in view.records() {
-                    let (Some(key), Some(value)) = (record.key, record.value) else {
-                        continue;
-                    };
-                    let (Some(key), Some(offset_bytes)) = (decode_key(key), value.get(..8)) else {
-                        tracing::warn!(offset = record.offset, "skipping malformed offset commit");
-                        continue;
-                    };
-                    let mut le = [0u8; 8];
-                    le.copy_from_slice(offset_bytes);
-                    let metadata = String::from_utf8_lossy(&value[8..]).into_owned();
-                    keep_latest(
-                        &mut committed,
-                        key,
-                        Committed {
-                            offset: u64::from_le_bytes(le),
-                            metadata,
-                            log_offset: record.offset,
-                        },
-                    );
-                    records += 1;
-                }
-                offset = view.last_offset() + 1;
-                rest = &rest[len..];
-            }
-        }
+        let partition = Arc::clone(topic.partition(0)?);
+        let mut state = OffsetsState::default();
+        let replayed = partition.replay(&mut state)?;
         tracing::info!(
-            records,
-            groups_partitions = committed.len(),
+            records = state.records,
+            batches = replayed.batches,
+            keys = state.entries.len(),
             "replayed committed offsets"
         );
-        Ok(())
+        Ok(Self {
+            partition,
+            state: Arc::new(Mutex::new(state)),
+            clock,
+        })
     }
 
-    /// Stores commits durably, then makes them visible (blocking).
-    pub fn commit(&self, group: &str, topic: &str, offsets: &[(u32, u64, String)]) -> Result<()> {
+    fn lock(&self) -> MutexGuard<'_, OffsetsState> {
+        lock(&self.state)
+    }
+
+    /// Stores commits of `(partition, offset, metadata)` to `topic` durably, then makes them
+    /// visible. Each partition must exist and appear once, and no offset may pass the
+    /// partition's high watermark (that would skip records never read).
+    pub async fn commit(
+        &self,
+        group: &str,
+        topic: &Topic,
+        offsets: Vec<(u32, u64, String)>,
+    ) -> Result<()> {
         validate_group(group)?;
+        let mut seen = HashSet::with_capacity(offsets.len());
+        for (partition, offset, metadata) in &offsets {
+            let log = topic.partition(*partition)?;
+            if !seen.insert(*partition) {
+                return Err(Error::invalid(
+                    "offsets",
+                    format!("partition {partition} twice"),
+                    "each partition may be committed once per request",
+                ));
+            }
+            let latest = log.high_watermark();
+            if *offset > latest {
+                return Err(Error::Storage(sluice_storage::Error::OffsetOutOfRange {
+                    offset: *offset,
+                    earliest: log.earliest_offset(),
+                    latest,
+                }));
+            }
+            validate_metadata(metadata)?;
+        }
         if offsets.is_empty() {
             return Ok(());
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let mut builder = BatchBuilder::new();
-        for (partition, offset, metadata) in offsets {
-            if metadata.len() > MAX_METADATA_BYTES {
-                return Err(Error::invalid(
-                    "metadata",
-                    format!("{} bytes", metadata.len()),
-                    "must be at most 4096 bytes",
-                ));
-            }
-            let key = encode_key(group, topic, *partition);
-            let mut value = Vec::with_capacity(8 + metadata.len());
-            value.extend_from_slice(&offset.to_le_bytes());
-            value.extend_from_slice(metadata.as_bytes());
-            builder
-                .push(now, Some(key.as_bytes()), Some(&value), &[])
-                .map_err(sluice_storage::Error::from)?;
-        }
-        let limit = self.topic.settings.max_batch_bytes as usize;
-        if builder.len() > limit {
+        let topic = topic.name.as_str();
+        let keys: Vec<Key> = offsets
+            .iter()
+            .map(|(partition, _, _)| (group.to_owned(), topic.to_owned(), *partition))
+            .collect();
+        let batch = encode_batch(
+            self.clock.now_ms(),
+            keys.iter()
+                .zip(&offsets)
+                .map(|(key, (_, offset, metadata))| (key, *offset, metadata.as_str())),
+        )?;
+        if batch.len() > self.partition.max_batch_bytes() as usize {
             return Err(Error::invalid(
                 "offsets",
-                format!("{} partitions, {} bytes", offsets.len(), builder.len()),
+                format!("{} partitions, {} bytes", offsets.len(), batch.len()),
                 "one commit must fit the internal topic's batch limit; commit fewer partitions or less metadata at once",
             ));
         }
-        let mut batch = builder.finish().map_err(sluice_storage::Error::from)?;
-        let log = &self.topic.partition(0)?.log;
-        let _writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let appended = log.append(&mut batch)?;
-        let durable = log.flush()?;
-        debug_assert!(durable > appended.last_offset);
-        let mut committed = self.committed.write().unwrap_or_else(|p| p.into_inner());
-        for (i, (partition, offset, metadata)) in offsets.iter().enumerate() {
-            keep_latest(
-                &mut committed,
-                (group.to_owned(), topic.to_owned(), *partition),
+        let commits: Vec<(Key, Committed)> = keys
+            .into_iter()
+            .zip(offsets)
+            .map(|(key, (_, offset, metadata))| {
+                let commit = Committed {
+                    offset,
+                    metadata,
+                    log_offset: 0,
+                };
+                (key, commit)
+            })
+            .collect();
+        let state = Arc::clone(&self.state);
+        let pending = commits.clone();
+        let (ack, ()) = self
+            .partition
+            .append_checked(batch, Origin::Broker, move |_, base_offset| {
+                let mut state = lock(&state);
+                for (i, (key, commit)) in pending.into_iter().enumerate() {
+                    let log_offset = base_offset + i as u64;
+                    state.appended(
+                        key,
+                        Committed {
+                            log_offset,
+                            ..commit
+                        },
+                    );
+                }
+                Ok(())
+            })
+            .await?;
+        let mut state = self.lock();
+        for (i, (key, commit)) in commits.into_iter().enumerate() {
+            let log_offset = ack.base_offset + i as u64;
+            state.acknowledged(
+                &key,
                 Committed {
-                    offset: *offset,
-                    metadata: metadata.clone(),
-                    log_offset: appended.base_offset + i as u64,
+                    log_offset,
+                    ..commit
                 },
             );
         }
         Ok(())
     }
 
-    /// Copies forward the latest commit of every key whose record sits in a sealed segment,
-    /// makes the copies durable, then deletes those segments (blocking). Returns the segments
-    /// deleted; does nothing while the log has a single segment.
-    pub fn compact(&self) -> Result<usize> {
-        let log = &self.topic.partition(0)?.log;
-        let bases = log.segment_bases();
+    /// Copies forward the latest commit of every key whose newest record sits in a sealed
+    /// segment, waits for the copies to be durable, then deletes those segments. Returns the
+    /// segments deleted; does nothing while the log has a single segment.
+    pub async fn compact(&self) -> Result<usize> {
+        let bases = self.partition.segment_bases();
         let Some(&cutoff) = bases.last().filter(|_| bases.len() > 1) else {
             return Ok(0);
         };
-        let _writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let live: Vec<(Key, Committed)> = self
-            .committed
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock()
+            .entries
             .iter()
-            .filter(|(_, commit)| commit.log_offset < cutoff)
-            .map(|(key, commit)| (key.clone(), commit.clone()))
+            .filter(|(_, entry)| entry.latest.log_offset < cutoff)
+            .map(|(key, entry)| (key.clone(), entry.latest.clone()))
             .collect();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let mut copied = 0;
         for chunk in live.chunks(COMPACT_BATCH_RECORDS) {
-            let mut builder = BatchBuilder::new();
-            for ((group, topic, partition), commit) in chunk {
-                let key = encode_key(group, topic, *partition);
-                let mut value = Vec::with_capacity(8 + commit.metadata.len());
-                value.extend_from_slice(&commit.offset.to_le_bytes());
-                value.extend_from_slice(commit.metadata.as_bytes());
-                builder
-                    .push(now, Some(key.as_bytes()), Some(&value), &[])
-                    .map_err(sluice_storage::Error::from)?;
-            }
-            let mut batch = builder.finish().map_err(sluice_storage::Error::from)?;
-            let appended = log.append(&mut batch)?;
-            let mut committed = self.committed.write().unwrap_or_else(|p| p.into_inner());
-            for (i, (key, commit)) in chunk.iter().enumerate() {
-                keep_latest(
-                    &mut committed,
-                    key.clone(),
-                    Committed {
-                        log_offset: appended.base_offset + i as u64,
-                        ..commit.clone()
-                    },
-                );
-            }
+            copied += self.copy_forward(chunk.to_vec()).await?;
         }
-        log.flush()?;
-        let deleted = log.delete_before(cutoff)?;
-        tracing::debug!(copied = live.len(), deleted, "compacted committed offsets");
+        let partition = Arc::clone(&self.partition);
+        let deleted = crate::error::blocking(move || partition.delete_before(cutoff)).await?;
+        tracing::debug!(copied, deleted, "compacted committed offsets");
         Ok(deleted)
     }
 
-    /// The committed offset of one partition, if any.
-    pub fn fetch(&self, group: &str, topic: &str, partition: u32) -> Option<Committed> {
-        self.committed
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(group.to_owned(), topic.to_owned(), partition))
-            .cloned()
+    /// Re-appends `chunk` (keys with the latest record each had when compaction looked),
+    /// leaving out any key that got a newer record meanwhile. Returns the records copied.
+    async fn copy_forward(&self, mut chunk: Vec<(Key, Committed)>) -> Result<usize> {
+        for _ in 0..COMPACT_RETRIES {
+            if chunk.is_empty() {
+                return Ok(0);
+            }
+            let batch = encode_batch(
+                self.clock.now_ms(),
+                chunk
+                    .iter()
+                    .map(|(key, commit)| (key, commit.offset, commit.metadata.as_str())),
+            )?;
+            let state = Arc::clone(&self.state);
+            let looked = chunk.clone();
+            let appended = self
+                .partition
+                .append_checked(batch, Origin::Broker, move |_, base_offset| {
+                    let mut state = lock(&state);
+                    let raced: Vec<Key> = looked
+                        .iter()
+                        .filter(|(key, commit)| {
+                            state
+                                .entries
+                                .get(key)
+                                .is_none_or(|e| e.latest.log_offset != commit.log_offset)
+                        })
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    if !raced.is_empty() {
+                        return Err(Error::Conflict {
+                            what: "offset commits raced a compaction copy",
+                            keys: raced.len(),
+                        });
+                    }
+                    for (i, (key, commit)) in looked.into_iter().enumerate() {
+                        let log_offset = base_offset + i as u64;
+                        state.appended(
+                            key,
+                            Committed {
+                                log_offset,
+                                ..commit
+                            },
+                        );
+                    }
+                    Ok(())
+                })
+                .await;
+            match appended {
+                Ok((ack, ())) => {
+                    let mut state = self.lock();
+                    for (i, (key, commit)) in chunk.iter().enumerate() {
+                        // The copy replaces what fetches see only if it copies that record.
+                        let shown = state
+                            .entries
+                            .get(key)
+                            .and_then(|e| e.visible.as_ref())
+                            .is_some_and(|v| v.log_offset == commit.log_offset);
+                        if shown {
+                            let log_offset = ack.base_offset + i as u64;
+                            state.acknowledged(
+                                key,
+                                Committed {
+                                    log_offset,
+                                    ..commit.clone()
+                                },
+                            );
+                        }
+                    }
+                    return Ok(chunk.len());
+                }
+                Err(Error::Conflict { .. }) => {
+                    let state = self.lock();
+                    chunk.retain(|(key, commit)| {
+                        state
+                            .entries
+                            .get(key)
+                            .is_some_and(|e| e.latest.log_offset == commit.log_offset)
+                    });
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(Error::Conflict {
+            what: "offset commits kept racing a compaction copy; the next pass retries",
+            keys: chunk.len(),
+        })
     }
+
+    /// The committed offsets of `partitions` of `topic` (every partition if empty), each
+    /// `None` where the group never committed; `NOT_FOUND` for a partition the topic lacks.
+    pub fn fetch(
+        &self,
+        group: &str,
+        topic: &Topic,
+        partitions: &[u32],
+    ) -> Result<Vec<(u32, Option<Committed>)>> {
+        validate_group(group)?;
+        let all: Vec<u32>;
+        let partitions = if partitions.is_empty() {
+            all = (0..topic.partitions.len() as u32).collect();
+            &all
+        } else {
+            partitions
+        };
+        let state = self.lock();
+        partitions
+            .iter()
+            .map(|&partition| {
+                topic.partition(partition)?;
+                let key = (group.to_owned(), topic.name.clone(), partition);
+                let committed = state.entries.get(&key).and_then(|e| e.visible.clone());
+                Ok((partition, committed))
+            })
+            .collect()
+    }
+}
+
+fn lock(state: &Mutex<OffsetsState>) -> MutexGuard<'_, OffsetsState> {
+    // Entries are replaced whole under the lock, so a panic cannot leave one half-written.
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -293,7 +484,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_round_trip_and_reject_garbage() {
+    fn keys_and_values_round_trip_and_reject_garbage() {
         let key = encode_key("g", "orders", 7);
         assert_eq!(
             decode_key(key.as_bytes()),
@@ -303,8 +494,35 @@ mod tests {
         assert_eq!(decode_key(b"g\0orders\0x"), None);
         assert_eq!(decode_key(b"g\0orders\x001\0extra"), None);
         assert_eq!(decode_key(&[0xff, 0, b'a', 0, b'1']), None);
-        assert!(validate_group("").is_err());
-        assert!(validate_group("a\0b").is_err());
-        assert!(validate_group("workers").is_ok());
+        assert_eq!(
+            decode_value(&encode_value(42, "meta")),
+            Some((42, "meta".to_owned()))
+        );
+        assert_eq!(decode_value(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn a_newer_record_wins_whatever_order_they_are_acknowledged_in() {
+        let key: Key = ("g".into(), "t".into(), 0);
+        let commit = |offset, log_offset| Committed {
+            offset,
+            metadata: String::new(),
+            log_offset,
+        };
+        let mut state = OffsetsState::default();
+        state.appended(key.clone(), commit(10, 5));
+        state.appended(key.clone(), commit(20, 9));
+        state.appended(key.clone(), commit(15, 7)); // an older record noted late: ignored
+        assert_eq!(state.entries[&key].latest.offset, 20);
+        assert_eq!(
+            state.entries[&key].visible, None,
+            "nothing acknowledged yet"
+        );
+        state.acknowledged(&key, commit(20, 9));
+        state.acknowledged(&key, commit(10, 5));
+        assert_eq!(
+            state.entries[&key].visible.as_ref().map(|c| c.offset),
+            Some(20)
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::Broker;
 use crate::error::blocking;
-use crate::topics::{Topic, TopicSettings};
+use crate::grpc::convert;
 use sluice_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -20,25 +20,6 @@ impl AdminService {
     }
 }
 
-pub(crate) fn describe(topic: &Topic) -> pb::TopicDescription {
-    pb::TopicDescription {
-        name: topic.name.clone(),
-        config: Some(topic.settings.to_proto()),
-        partitions: topic
-            .partitions
-            .iter()
-            .map(|p| pb::PartitionDescription {
-                partition: p.id,
-                earliest_offset: p.log.earliest_offset(),
-                latest_offset: p.log.high_watermark(),
-                log_end_offset: p.log.log_end_offset(),
-                size_bytes: p.log.size_bytes(),
-                segments: p.log.segment_count() as u32,
-            })
-            .collect(),
-    }
-}
-
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
@@ -47,7 +28,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let request = request.into_inner();
-        let settings = TopicSettings::from_proto(request.config.as_ref())?;
+        let settings = convert::topic_settings(request.config.as_ref())?;
         let broker = Arc::clone(&self.broker);
         let topic = blocking(move || {
             broker
@@ -56,7 +37,7 @@ impl pb::admin_server::Admin for AdminService {
         })
         .await?;
         Ok(Response::new(pb::CreateTopicResponse {
-            topic: Some(describe(&topic)),
+            topic: Some(convert::topic_description(&topic)),
         }))
     }
 
@@ -96,7 +77,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let topic = self.broker.topics.get(&request.get_ref().name)?;
         Ok(Response::new(pb::DescribeTopicResponse {
-            topic: Some(describe(&topic)),
+            topic: Some(convert::topic_description(&topic)),
         }))
     }
 }

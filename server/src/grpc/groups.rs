@@ -1,7 +1,6 @@
 //! `sluice.v1.Groups`: committed offsets.
 
 use crate::Broker;
-use crate::error::{Error, blocking};
 use sluice_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -27,39 +26,16 @@ impl pb::groups_server::Groups for GroupsService {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let request = request.into_inner();
-        crate::groups::validate_group(&request.group)?;
         let topic = self.broker.topics.get(&request.topic)?;
-        let mut offsets = Vec::with_capacity(request.offsets.len());
-        let mut seen = std::collections::HashSet::with_capacity(request.offsets.len());
-        for commit in request.offsets {
-            let partition = topic.partition(commit.partition)?;
-            if !seen.insert(commit.partition) {
-                return Err(Error::invalid(
-                    "offsets",
-                    format!("partition {} twice", commit.partition),
-                    "each partition may be committed once per request",
-                )
-                .into());
-            }
-            // Committing past the high watermark would skip data never read.
-            let latest = partition.log.high_watermark();
-            if commit.offset > latest {
-                return Err(Error::Storage(sluice_storage::Error::OffsetOutOfRange {
-                    offset: commit.offset,
-                    earliest: partition.log.earliest_offset(),
-                    latest,
-                })
-                .into());
-            }
-            offsets.push((commit.partition, commit.offset, commit.metadata));
-        }
-        let broker = Arc::clone(&self.broker);
-        blocking(move || {
-            broker
-                .offsets
-                .commit(&request.group, &request.topic, &offsets)
-        })
-        .await?;
+        let offsets = request
+            .offsets
+            .into_iter()
+            .map(|c| (c.partition, c.offset, c.metadata))
+            .collect();
+        self.broker
+            .offsets
+            .commit(&request.group, &topic, offsets)
+            .await?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
     }
 
@@ -68,26 +44,18 @@ impl pb::groups_server::Groups for GroupsService {
         request: Request<pb::FetchOffsetsRequest>,
     ) -> Result<Response<pb::FetchOffsetsResponse>, Status> {
         let request = request.into_inner();
-        crate::groups::validate_group(&request.group)?;
         let topic = self.broker.topics.get(&request.topic)?;
-        let partitions: Vec<u32> = if request.partitions.is_empty() {
-            (0..topic.partitions.len() as u32).collect()
-        } else {
-            request.partitions
-        };
-        let mut offsets = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            topic.partition(partition)?;
-            let committed = self
-                .broker
-                .offsets
-                .fetch(&request.group, &request.topic, partition);
-            offsets.push(pb::CommittedOffset {
+        let offsets = self
+            .broker
+            .offsets
+            .fetch(&request.group, &topic, &request.partitions)?
+            .into_iter()
+            .map(|(partition, committed)| pb::CommittedOffset {
                 partition,
                 offset: committed.as_ref().map(|c| c.offset),
                 metadata: committed.map(|c| c.metadata).unwrap_or_default(),
-            });
-        }
+            })
+            .collect();
         Ok(Response::new(pb::FetchOffsetsResponse { offsets }))
     }
 }

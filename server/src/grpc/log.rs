@@ -1,16 +1,15 @@
 //! `sluice.v1.Log`: produce, fetch (long poll), subscribe (server stream), list offsets.
 //!
-//! Produce takes its bytes from the in-flight bounds at once or answers `RESOURCE_EXHAUSTED`,
-//! then appends (and under `fsync = always` group-commits) on the blocking pool. Fetch and
-//! Subscribe wait on the partition's high-watermark watch, never by polling, and stop when the
-//! broker shuts down.
+//! Translation only: Produce hands the batch to the partition's write path
+//! (`Partition::append`, which owns limits, durability and counters); Fetch and Subscribe read
+//! through the partition and wait on its high-watermark watch, never by polling, and stop when
+//! the broker shuts down.
 
 use crate::Broker;
-use crate::error::{Error, blocking};
-use crate::topics::{Fsync, Partition};
-use bytes::{Bytes, BytesMut};
+use crate::error::Error;
+use crate::partition::{Origin, Partition};
 use sluice_proto::v1 as pb;
-use sluice_storage::format::{BatchPrefix, FormatError};
+use sluice_storage::format::Batches;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,29 +53,7 @@ impl LogService {
     }
 }
 
-/// One past the last offset in a run of whole batches.
-fn next_offset(mut batches: &[u8]) -> Option<u64> {
-    let mut next = None;
-    while let Some(prefix) = BatchPrefix::parse(batches) {
-        next = Some(prefix.next_offset());
-        batches = batches.get(prefix.total_len as usize..).unwrap_or_default();
-    }
-    next
-}
-
-/// Reads from a partition on the blocking pool: a read is mostly a slice of a mapped segment,
-/// but a segment not in the store's cache is opened and mapped first (and its index checked
-/// or rebuilt), which is file I/O that must not run on an async worker.
-async fn read_blocking(
-    partition: &Arc<Partition>,
-    offset: u64,
-    max_bytes: u64,
-) -> Result<sluice_storage::ReadResult, Error> {
-    let partition = Arc::clone(partition);
-    blocking(move || Ok(partition.log.read(offset, max_bytes)?)).await
-}
-
-/// Completes when the high watermark passes `offset` (true) or the partition is gone (false).
+/// Completes when the watermark passes `offset`; `false` if the partition went away.
 async fn advanced(mut watermark: watch::Receiver<u64>, offset: u64) -> bool {
     watermark.wait_for(|hw| *hw > offset).await.is_ok()
 }
@@ -86,11 +63,15 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-fn fetch_response(partition: &Partition, batches: Bytes, high_watermark: u64) -> pb::FetchResponse {
+fn fetch_response(
+    partition: &Partition,
+    batches: bytes::Bytes,
+    high_watermark: u64,
+) -> pb::FetchResponse {
     pb::FetchResponse {
         batches,
         high_watermark,
-        earliest_offset: partition.log.earliest_offset(),
+        earliest_offset: partition.earliest_offset(),
     }
 }
 
@@ -110,47 +91,10 @@ impl pb::log_server::Log for LogService {
                 .remove::<crate::admission::Admitted>(),
         );
         let request = request.into_inner();
-        let topic = self.broker.topics.get(&request.topic)?;
-        if topic.name.starts_with("__") {
-            // Internal topics (committed offsets) are written by the broker alone.
-            return Err(Error::invalid(
-                "topic",
-                &topic.name,
-                "internal topics are written by the broker only",
-            )
-            .into());
-        }
-        let partition = Arc::clone(topic.partition(request.partition)?);
-        let len = request.batch.len();
-        let max = topic.settings.max_batch_bytes;
-        if len > max as usize {
-            return Err(Error::Storage(sluice_storage::Error::InvalidBatch(
-                FormatError::TooLarge {
-                    len: len as u64,
-                    max: u64::from(max),
-                },
-            ))
-            .into());
-        }
-        let permit = self.broker.limiter.try_acquire(
-            || format!("{}/{}", topic.name, partition.id),
-            &partition.inflight,
-            peer,
-            len as u32,
-        )?;
-        let always = topic.settings.fsync == Fsync::Always;
-        let appended = blocking(move || {
-            let _permit = permit;
-            // The broker stamps the base offset in place: the batch must be ours to change.
-            // `From<Bytes>` reuses the buffer when no one else holds it and copies otherwise.
-            let mut batch = BytesMut::from(request.batch);
-            let appended = partition.log.append(&mut batch)?;
-            if always {
-                partition.log.flush()?;
-            }
-            Ok(appended)
-        })
-        .await?;
+        let partition = self.partition(&request.topic, request.partition)?;
+        let appended = partition
+            .append(request.batch, Origin::Producer { peer })
+            .await?;
         Ok(Response::new(pb::ProduceResponse {
             base_offset: appended.base_offset,
             last_offset: appended.last_offset,
@@ -170,8 +114,8 @@ impl pb::log_server::Log for LogService {
             .max_wait_ms
             .min(self.broker.config.max_fetch_wait_ms);
         // Subscribe to the watermark before reading, so no advance is missed in between.
-        let watermark = partition.high_watermark.clone();
-        let mut read = read_blocking(&partition, request.offset, max_bytes).await?;
+        let watermark = partition.watch_high_watermark();
+        let mut read = partition.read(request.offset, max_bytes).await?;
         if read.batches.is_empty() && wait > 0 {
             let offset = request.offset;
             tokio::select! {
@@ -181,7 +125,7 @@ impl pb::log_server::Log for LogService {
                 ) => {}
                 () = stopped(self.broker.shutdown.clone()) => {}
             }
-            read = read_blocking(&partition, request.offset, max_bytes).await?;
+            read = partition.read(request.offset, max_bytes).await?;
         }
         Ok(Response::new(fetch_response(
             &partition,
@@ -202,21 +146,21 @@ impl pb::log_server::Log for LogService {
         let partition = self.partition(&request.topic, request.partition)?;
         let max_bytes = self.fetch_bytes(request.max_bytes);
         // Refuse a bad start at once rather than in the stream.
-        read_blocking(&partition, request.offset, 0).await?;
+        partition.read(request.offset, 0).await?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
         let shutdown = self.broker.shutdown.clone();
-        let watermark = partition.high_watermark.clone();
+        let watermark = partition.watch_high_watermark();
         tokio::spawn(async move {
             let mut offset = request.offset;
             loop {
-                let read = match read_blocking(&partition, offset, max_bytes).await {
+                let read = match partition.read(offset, max_bytes).await {
                     Ok(read) => read,
                     Err(error) => {
                         let _ = sender.send(Err(error.into())).await;
                         return;
                     }
                 };
-                if let Some(next) = next_offset(&read.batches) {
+                if let Some(next) = Batches::next_offset(&read.batches) {
                     offset = next;
                     let response = fetch_response(&partition, read.batches, read.high_watermark);
                     tokio::select! {
@@ -250,13 +194,11 @@ impl pb::log_server::Log for LogService {
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let request = request.into_inner();
         let partition = self.partition(&request.topic, request.partition)?;
-        let log = Arc::clone(&partition.log);
         let offset = match pb::OffsetSpec::try_from(request.spec) {
-            Ok(pb::OffsetSpec::Earliest) => Some(log.earliest_offset()),
-            Ok(pb::OffsetSpec::Latest) => Some(log.high_watermark()),
+            Ok(pb::OffsetSpec::Earliest) => Some(partition.earliest_offset()),
+            Ok(pb::OffsetSpec::Latest) => Some(partition.high_watermark()),
             Ok(pb::OffsetSpec::Timestamp) => {
-                let time = request.timestamp_ms;
-                blocking(move || Ok(log.offset_for_time(time)?)).await?
+                partition.offset_for_time(request.timestamp_ms).await?
             }
             Ok(pb::OffsetSpec::Unspecified) | Err(_) => {
                 return Err(Error::invalid(
@@ -269,8 +211,8 @@ impl pb::log_server::Log for LogService {
         };
         Ok(Response::new(pb::ListOffsetsResponse {
             offset,
-            high_watermark: partition.log.high_watermark(),
-            earliest_offset: partition.log.earliest_offset(),
+            high_watermark: partition.high_watermark(),
+            earliest_offset: partition.earliest_offset(),
         }))
     }
 }

@@ -2,11 +2,9 @@
 //! names the problem and the value that caused it.
 
 use crate::error::Error;
+use sluice_proto::RETRY_AFTER_MS;
 use sluice_storage::Error as StorageError;
 use tonic::{Code, Status};
-
-/// Metadata key of the retry hint sent with `RESOURCE_EXHAUSTED`, in ms (ASCII decimal).
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
@@ -15,6 +13,7 @@ impl From<Error> for Status {
             Error::UnknownTopic { .. } | Error::UnknownPartition { .. } => Code::NotFound,
             Error::TopicExists { .. } => Code::AlreadyExists,
             Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::Conflict { .. } => Code::Aborted,
             Error::Busy { retry_after_ms, .. } => {
                 let mut status = Status::resource_exhausted(message);
                 if let Ok(value) = retry_after_ms.to_string().parse() {

@@ -1,0 +1,146 @@
+//! Every translation between the generated `sluice.v1` types and the broker's domain types, in
+//! one place: domain modules never import protobuf types, handlers call these.
+
+use crate::error::{Error, Result};
+use crate::topics::{DEFAULT_FSYNC_INTERVAL_MS, Topic, TopicSettings};
+use sluice_proto::v1 as pb;
+use sluice_storage::Durability;
+use std::time::Duration;
+
+/// The settings a create request's config asks for, defaults filled in and checked; bad
+/// values are `INVALID_ARGUMENT`s naming the field.
+pub fn topic_settings(config: Option<&pb::TopicConfig>) -> Result<TopicSettings> {
+    let defaults = TopicSettings::default();
+    let config = config.cloned().unwrap_or_default();
+    let non_negative = |field: &'static str, value: Option<i64>| -> Result<Option<u64>> {
+        match value {
+            None | Some(-1) => Ok(None),
+            Some(v) if v >= 0 => Ok(Some(v as u64)),
+            Some(v) => Err(Error::invalid(
+                field,
+                v,
+                "must be -1 (no limit) or at least 0",
+            )),
+        }
+    };
+    let retention_bytes = non_negative("retention_bytes", config.retention_bytes)?;
+    let retention_ms = match config.retention_ms {
+        None => defaults.retention_ms,
+        value => non_negative("retention_ms", value)?,
+    };
+    let durability = match pb::FsyncPolicy::try_from(config.fsync) {
+        Ok(pb::FsyncPolicy::Unspecified | pb::FsyncPolicy::Always) => Durability::Always,
+        Ok(pb::FsyncPolicy::Interval) => Durability::Interval(Duration::from_millis(
+            config
+                .fsync_interval_ms
+                .unwrap_or(DEFAULT_FSYNC_INTERVAL_MS),
+        )),
+        Ok(pb::FsyncPolicy::Never) => Durability::Never,
+        Err(_) => {
+            return Err(Error::invalid(
+                "fsync",
+                config.fsync,
+                "unknown fsync policy",
+            ));
+        }
+    };
+    let settings = TopicSettings {
+        retention_bytes,
+        retention_ms,
+        segment_bytes: config.segment_bytes.unwrap_or(defaults.segment_bytes),
+        durability,
+        max_batch_bytes: config.max_batch_bytes.unwrap_or(defaults.max_batch_bytes),
+    };
+    settings.log_config()?;
+    Ok(settings)
+}
+
+/// Settings as the wire shows them.
+pub fn topic_config(settings: &TopicSettings) -> pb::TopicConfig {
+    let (fsync, interval) = match settings.durability {
+        Durability::Always => (pb::FsyncPolicy::Always, None),
+        Durability::Interval(every) => (
+            pb::FsyncPolicy::Interval,
+            Some(u64::try_from(every.as_millis()).unwrap_or(u64::MAX)),
+        ),
+        Durability::Never => (pb::FsyncPolicy::Never, None),
+    };
+    pb::TopicConfig {
+        retention_bytes: Some(settings.retention_bytes.map_or(-1, to_i64)),
+        retention_ms: Some(settings.retention_ms.map_or(-1, to_i64)),
+        segment_bytes: Some(settings.segment_bytes),
+        fsync: fsync as i32,
+        fsync_interval_ms: interval,
+        max_batch_bytes: Some(settings.max_batch_bytes),
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A topic's description: config and per-partition offsets and sizes.
+pub fn topic_description(topic: &Topic) -> pb::TopicDescription {
+    pb::TopicDescription {
+        name: topic.name.clone(),
+        config: Some(topic_config(&topic.settings)),
+        partitions: topic
+            .partitions
+            .iter()
+            .map(|p| pb::PartitionDescription {
+                partition: p.id(),
+                earliest_offset: p.earliest_offset(),
+                latest_offset: p.high_watermark(),
+                log_end_offset: p.log_end_offset(),
+                size_bytes: p.size_bytes(),
+                segments: p.segment_count() as u32,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_defaults_bounds_and_round_trip() {
+        let defaults = topic_settings(None).map_err(|e| e.to_string());
+        assert_eq!(defaults, Ok(TopicSettings::default()));
+        let bad = pb::TopicConfig {
+            segment_bytes: Some(10),
+            ..Default::default()
+        };
+        match topic_settings(Some(&bad)) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "segment_bytes"),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        let negative = pb::TopicConfig {
+            retention_ms: Some(-1),
+            retention_bytes: Some(-7),
+            ..Default::default()
+        };
+        match topic_settings(Some(&negative)) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "retention_bytes"),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        let interval = pb::TopicConfig {
+            fsync: pb::FsyncPolicy::Interval as i32,
+            fsync_interval_ms: Some(250),
+            retention_ms: Some(-1),
+            ..Default::default()
+        };
+        let settings = topic_settings(Some(&interval)).map_err(|e| e.to_string());
+        let shown = settings.as_ref().map(topic_config);
+        assert_eq!(
+            shown
+                .as_ref()
+                .map(|c| (c.fsync, c.fsync_interval_ms, c.retention_ms)),
+            Ok((pb::FsyncPolicy::Interval as i32, Some(250), Some(-1)))
+        );
+        assert_eq!(
+            settings.as_ref().map(|s| s.durability),
+            Ok(Durability::Interval(Duration::from_millis(250)))
+        );
+    }
+}

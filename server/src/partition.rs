@@ -1,0 +1,311 @@
+//! One partition of a topic, and the one path every write to it takes (design.md §4).
+//!
+//! [`Partition::append`] is the only way a batch reaches a partition's log: a client's
+//! Produce, an offset commit, and later dead letters, queue state and schedules. In order it
+//! does:
+//! 1. the limits: producers may not write internal (`__`) topics; the batch must fit the
+//!    topic's `max_batch_bytes`; a producer's bytes must fit the in-flight bounds (partition,
+//!    connection, broker) or it is refused at once with a retry hint;
+//! 2. on the blocking pool: validation and the caller's pre-append check, under the log's
+//!    writer lock with the offset the batch will get ([`Log::append_with`]), then one write;
+//! 3. the durability wait: under `fsync = always` the answer waits for the group commit that
+//!    covers the batch (so an acknowledged batch is on disk);
+//! 4. the counters.
+//!
+//! Reads go through it too, on the blocking pool (a read may open and map a segment), and the
+//! high watermark is watched for long polls and subscriptions.
+
+use crate::error::{Error, Result, blocking};
+use crate::inflight::Limiter;
+use bytes::{Bytes, BytesMut};
+use sluice_storage::format::{BatchView, FormatError};
+use sluice_storage::replay::{Replayed, StateMachine};
+use sluice_storage::{AppendInfo, Durability, Log, ReadResult};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Semaphore, watch};
+
+/// Where an append comes from, which decides the limits it meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client's Produce: refused on internal topics, bounded by the in-flight bytes of the
+    /// partition, of the connection from `peer`, and of the broker.
+    Producer {
+        /// The client's address (the per-connection bound's key).
+        peer: Option<SocketAddr>,
+    },
+    /// The broker's own state (committed offsets; later dead letters, queue state,
+    /// schedules), written on behalf of a request that was already admitted.
+    Broker,
+}
+
+/// What an acknowledged append answers: where the batch landed, and when.
+pub type Ack = AppendInfo;
+
+/// Counters of one partition's write path, for metrics (atomics, once per batch).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Batches appended for producers.
+    pub produced_batches: AtomicU64,
+    /// Records appended for producers.
+    pub produced_records: AtomicU64,
+    /// Bytes appended for producers.
+    pub produced_bytes: AtomicU64,
+    /// Batches the broker appended for its own state.
+    pub internal_batches: AtomicU64,
+    /// Appends refused by the in-flight bounds (`RESOURCE_EXHAUSTED`).
+    pub refused_busy: AtomicU64,
+    /// Appends that failed validation or their pre-append check.
+    pub rejected: AtomicU64,
+}
+
+/// A partition: its log and what guards it.
+#[derive(Debug)]
+pub struct Partition {
+    topic: Arc<str>,
+    id: u32,
+    internal: bool,
+    log: Arc<Log>,
+    /// The high watermark, sent by the log's listener each time it advances.
+    high_watermark: watch::Receiver<u64>,
+    /// Produce bytes accepted and not yet acknowledged (per-partition bound).
+    inflight: Arc<Semaphore>,
+    limiter: Arc<Limiter>,
+    counters: Counters,
+}
+
+impl Partition {
+    /// Wraps an open log as partition `id` of `topic`.
+    pub fn new(
+        topic: Arc<str>,
+        id: u32,
+        log: Arc<Log>,
+        limiter: Arc<Limiter>,
+        inflight_bytes: u32,
+    ) -> Self {
+        let (sender, high_watermark) = watch::channel(log.high_watermark());
+        log.on_high_watermark(Box::new(move |hw| {
+            sender.send_replace(hw);
+        }));
+        Self {
+            internal: topic.starts_with("__"),
+            topic,
+            id,
+            log,
+            high_watermark,
+            inflight: Arc::new(Semaphore::new(inflight_bytes as usize)),
+            limiter,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition number.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// `topic/id`, for messages and logs.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.topic, self.id)
+    }
+
+    /// Appends `batch` (the wire format, `base_offset` 0) and answers once it is acknowledged
+    /// under the topic's durability. See the module doc for what it checks.
+    pub async fn append(&self, batch: Bytes, origin: Origin) -> Result<Ack> {
+        self.append_checked(batch, origin, |_, _| Ok(()))
+            .await
+            .map(|(ack, ())| ack)
+    }
+
+    /// [`append`](Self::append) with a check run under the log's writer lock: `check(view,
+    /// base_offset)` sees the validated batch and the offset it will get, atomically with the
+    /// write; an `Err` refuses the batch and nothing is written. What it returns is handed back
+    /// with the acknowledgement. It runs on the blocking pool and must be quick.
+    pub async fn append_checked<T, F>(
+        &self,
+        batch: Bytes,
+        origin: Origin,
+        check: F,
+    ) -> Result<(Ack, T)>
+    where
+        F: FnOnce(&BatchView<'_>, u64) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let max = self.log.config().max_batch_bytes;
+        let permit = match origin {
+            Origin::Producer { peer } => {
+                if self.internal {
+                    return Err(Error::invalid(
+                        "topic",
+                        &self.topic,
+                        "internal topics are written by the broker only",
+                    ));
+                }
+                if batch.len() > max as usize {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(too_large(batch.len(), max));
+                }
+                let acquired = self.limiter.try_acquire(
+                    || self.name(),
+                    &self.inflight,
+                    peer,
+                    batch.len() as u32,
+                );
+                match acquired {
+                    Ok(permit) => Some(permit),
+                    Err(busy) => {
+                        self.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
+                        return Err(busy);
+                    }
+                }
+            }
+            Origin::Broker => {
+                if batch.len() > max as usize {
+                    return Err(too_large(batch.len(), max));
+                }
+                None
+            }
+        };
+        let log = Arc::clone(&self.log);
+        let len = batch.len() as u64;
+        let appended = blocking(move || {
+            let _permit = permit;
+            // The broker stamps the base offset in place: the batch must be ours to change.
+            // `From<Bytes>` reuses the buffer when no one else holds it and copies otherwise.
+            let mut batch = BytesMut::from(batch);
+            let appended = log.append_with(&mut batch, check)?;
+            if log.config().durability == Durability::Always {
+                log.flush()?;
+            }
+            Ok(appended)
+        })
+        .await;
+        let (ack, checked) = match appended {
+            Ok(appended) => appended,
+            Err(error) => {
+                if matches!(
+                    error,
+                    Error::Storage(sluice_storage::Error::InvalidBatch(_))
+                        | Error::InvalidArgument { .. }
+                        | Error::Conflict { .. }
+                ) {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(error);
+            }
+        };
+        match origin {
+            Origin::Producer { .. } => {
+                let records = ack.last_offset - ack.base_offset + 1;
+                self.counters
+                    .produced_batches
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .produced_records
+                    .fetch_add(records, Ordering::Relaxed);
+                self.counters
+                    .produced_bytes
+                    .fetch_add(len, Ordering::Relaxed);
+            }
+            Origin::Broker => {
+                self.counters
+                    .internal_batches
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok((ack, checked))
+    }
+
+    /// Whole batches from the one holding `offset`, up to `max_bytes` (at least one), read on
+    /// the blocking pool: a read is mostly a slice of a mapped segment, but a segment not in the
+    /// store's cache is opened and mapped first, which is file I/O.
+    pub async fn read(&self, offset: u64, max_bytes: u64) -> Result<ReadResult> {
+        let log = Arc::clone(&self.log);
+        blocking(move || Ok(log.read(offset, max_bytes)?)).await
+    }
+
+    /// The first offset appended at or after `time_ms` (see `Log::offset_for_time`).
+    pub async fn offset_for_time(&self, time_ms: i64) -> Result<Option<u64>> {
+        let log = Arc::clone(&self.log);
+        blocking(move || Ok(log.offset_for_time(time_ms)?)).await
+    }
+
+    /// A watch of the high watermark (for long polls and subscriptions). It closes when the
+    /// partition is dropped (its topic deleted).
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.high_watermark.clone()
+    }
+
+    /// Rebuilds `machine` from this partition's log (blocking; at start-up).
+    pub fn replay<M: StateMachine>(&self, machine: &mut M) -> Result<Replayed, M::Error> {
+        sluice_storage::replay::replay(&self.log, machine)
+    }
+
+    /// Drops the oldest segments wholly below `offset` (blocking); returns how many.
+    pub fn delete_before(&self, offset: u64) -> Result<usize> {
+        Ok(self.log.delete_before(offset)?)
+    }
+
+    /// Applies the topic's retention (blocking); returns the segments deleted.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        Ok(self.log.enforce_retention()?)
+    }
+
+    /// Closes the log cleanly (blocking): synced, clean-shutdown marker written.
+    pub fn close(&self) -> Result<()> {
+        Ok(self.log.close()?)
+    }
+
+    /// First offset retained.
+    pub fn earliest_offset(&self) -> u64 {
+        self.log.earliest_offset()
+    }
+
+    /// One past the last readable offset.
+    pub fn high_watermark(&self) -> u64 {
+        self.log.high_watermark()
+    }
+
+    /// One past the last offset written.
+    pub fn log_end_offset(&self) -> u64 {
+        self.log.log_end_offset()
+    }
+
+    /// Bytes held in segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
+    /// Segments held.
+    pub fn segment_count(&self) -> usize {
+        self.log.segment_count()
+    }
+
+    /// Base offsets of the segments, oldest first; the last is the active one's.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.log.segment_bases()
+    }
+
+    /// Largest batch the partition accepts, bytes.
+    pub fn max_batch_bytes(&self) -> u32 {
+        self.log.config().max_batch_bytes
+    }
+
+    /// The write path's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+fn too_large(len: usize, max: u32) -> Error {
+    Error::Storage(sluice_storage::Error::InvalidBatch(FormatError::TooLarge {
+        len: len as u64,
+        max: u64::from(max),
+    }))
+}

@@ -1,0 +1,411 @@
+//! The test harness (feature `testing`): one way to start a real broker for a test or bench.
+//!
+//! - [`TestBroker`]: a broker in this process on `127.0.0.1:0` (mini-redis's `start_server`),
+//!   on a fresh or given data directory, with a given [`Env`] (a clock that follows tokio's
+//!   paused time, injected I/O faults);
+//! - [`ChildBroker`]: the `sluice` binary as a child process on loopback ports, for what only
+//!   a process shows (SIGKILL, SIGTERM, its memory);
+//! - clients, and helpers to build and decode batches.
+//!
+//! Everything here panics on failure: it is for tests, where a panic is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use crate::{Config, Env};
+use bytes::BytesMut;
+use sluice_proto::v1 as pb;
+use sluice_storage::format::{BatchBuilder, Batches};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message the harness's clients send or accept.
+const CLIENT_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A broker running in this process on 127.0.0.1 with ephemeral ports.
+pub struct TestBroker {
+    /// gRPC address.
+    pub addr: SocketAddr,
+    /// HTTP address.
+    pub http_addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<crate::Result<()>>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestBroker {
+    /// Starts a broker on a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a broker on a fresh data directory, letting `tweak` adjust the config.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_env(None, Env::default(), tweak).await
+    }
+
+    /// Starts a broker on `data_dir` (which the caller keeps).
+    pub async fn start_in(data_dir: PathBuf, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_env(Some(data_dir), Env::default(), tweak).await
+    }
+
+    /// Starts a broker with `env` (clock, faults) on `data_dir`, or on a fresh directory.
+    /// Retention runs only when a test asks (the interval is an hour unless `tweak` sets it).
+    pub async fn start_env(
+        data_dir: Option<PathBuf>,
+        env: Env,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        let (data_dir, dir) = match data_dir {
+            Some(path) => (path, None),
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                (dir.path().to_path_buf(), Some(dir))
+            }
+        };
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let mut config = Config {
+            data_dir: data_dir.clone(),
+            grpc_addr: addr,
+            http_addr,
+            retention_check_interval_ms: 3_600_000,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::run(config, env, grpc, http, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            http_addr,
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// A channel to the broker, with TCP_NODELAY.
+    pub async fn channel(&self) -> Channel {
+        connect(self.addr).await
+    }
+
+    /// Log service client.
+    pub async fn log(&self) -> pb::log_client::LogClient<Channel> {
+        pb::log_client::LogClient::new(self.channel().await)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES)
+    }
+
+    /// Admin service client.
+    pub async fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::new(self.channel().await)
+    }
+
+    /// Groups service client.
+    pub async fn groups(&self) -> pb::groups_client::GroupsClient<Channel> {
+        pb::groups_client::GroupsClient::new(self.channel().await)
+    }
+
+    /// Stops the broker gracefully and waits for it (partitions closed cleanly).
+    pub async fn stop(mut self) {
+        self.shutdown().await.expect("broker ran cleanly");
+    }
+
+    /// Stops the broker and returns what `run` returned (an error when, say, a poisoned
+    /// partition could not close cleanly).
+    pub async fn stop_result(mut self) -> crate::Result<()> {
+        self.shutdown().await
+    }
+
+    async fn shutdown(&mut self) -> crate::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("broker stops within 30 s")
+                .expect("broker task"),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the broker and hands back its data directory (and the guard that deletes it,
+    /// if the harness made it), to start another on it.
+    pub async fn stop_keeping_dir(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
+        self.shutdown().await.expect("broker ran cleanly");
+        (self.data_dir.clone(), self.dir.take())
+    }
+}
+
+/// The gRPC endpoint settings every harness client uses: TCP_NODELAY, the broker's windows,
+/// 1 MiB frames (design.md §4).
+pub fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20)
+}
+
+/// A channel to `addr`, retrying the connect for up to 10 s (the broker may still be binding).
+pub async fn connect(addr: SocketAddr) -> Channel {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match endpoint(addr).connect().await {
+            Ok(channel) => return channel,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot connect to {addr}: {error}"),
+        }
+    }
+}
+
+/// A batch of `count` records with keys `k{i}` and values `"{tag}-{i}"` padded to `value_len`.
+pub fn batch(tag: &str, count: u32, value_len: usize, timestamp_ms: i64) -> BytesMut {
+    let mut builder = BatchBuilder::new();
+    for i in 0..count {
+        let mut value = format!("{tag}-{i}").into_bytes();
+        if value.len() < value_len {
+            value.resize(value_len, b'.');
+        }
+        builder
+            .push(
+                timestamp_ms,
+                Some(format!("k{i}").as_bytes()),
+                Some(&value),
+                &[],
+            )
+            .unwrap();
+    }
+    builder.finish().unwrap()
+}
+
+/// Every (offset, value) of a run of whole batches, each checked in full.
+pub fn decode(batches: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for framed in Batches::new(batches) {
+        let view = framed
+            .and_then(|f| f.validated(usize::MAX))
+            .expect("a valid batch");
+        for record in view.records() {
+            out.push((record.offset, record.value.unwrap_or_default().to_vec()));
+        }
+    }
+    out
+}
+
+/// Creates a topic with the given config, panicking on error.
+pub async fn create_topic(
+    broker: &TestBroker,
+    name: &str,
+    partitions: u32,
+    config: pb::TopicConfig,
+) {
+    broker
+        .admin()
+        .await
+        .create_topic(pb::CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            config: Some(config),
+        })
+        .await
+        .unwrap();
+}
+
+/// Current wall-clock time, ms since the epoch.
+pub fn now_ms() -> i64 {
+    crate::Clock::system().now_ms()
+}
+
+/// Asserts a status's code and that its message contains `needle`.
+pub fn expect_status(status: &tonic::Status, code: tonic::Code, needle: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(needle),
+        "message {:?} does not contain {needle:?}",
+        status.message()
+    );
+}
+
+/// A `sluice serve` child on loopback ports. Dropping it kills the process, so a failing
+/// test leaves none behind.
+pub struct ChildBroker {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log_path: PathBuf,
+    pub exited: Option<ExitStatus>,
+}
+
+impl Drop for ChildBroker {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Broker starts in this process, to name their log files.
+static STARTS: AtomicU32 = AtomicU32::new(0);
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl ChildBroker {
+    /// Starts `bin serve` (the `sluice` binary; tests pass `env!("CARGO_BIN_EXE_sluice")`) on
+    /// `data_dir` with fresh loopback ports, retrying when a port was taken between probing
+    /// and binding, and waits until it answers gRPC. Its log goes to a file under `logs`.
+    pub async fn start(
+        bin: &Path,
+        data_dir: &Path,
+        logs: &Path,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> ChildBroker {
+        for attempt in 0..5 {
+            let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            if grpc == http {
+                continue;
+            }
+            let log_path = logs.join(format!(
+                "broker-{}-{attempt}.log",
+                STARTS.fetch_add(1, Ordering::Relaxed)
+            ));
+            let log_file = std::fs::File::create(&log_path).expect("create broker log");
+            let child = Command::new(bin)
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--grpc-addr")
+                .arg(grpc.to_string())
+                .arg("--http-addr")
+                .arg(http.to_string())
+                .args(extra)
+                .env_clear()
+                .env("SLUICE_LOG", "info")
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log_file))
+                .spawn()
+                .expect("spawn sluice serve");
+            let mut broker = ChildBroker {
+                child,
+                addr: grpc,
+                log_path,
+                exited: None,
+            };
+            match broker.wait_ready().await {
+                Ok(()) => return broker,
+                Err(status) => {
+                    broker.exited = Some(status);
+                    let log = broker.log_text();
+                    if log.contains("binding") || log.contains("in use") {
+                        continue;
+                    }
+                    panic!("broker exited during startup with {status}:\n{log}");
+                }
+            }
+        }
+        panic!("could not start the broker on free ports after 5 attempts");
+    }
+
+    /// Waits until a ListTopics call succeeds; `Err` if the process exited first.
+    pub async fn wait_ready(&mut self) -> Result<(), ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Err(status);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker not ready within 60 s:\n{}",
+                self.log_text()
+            );
+            let attempt = async {
+                let channel = endpoint(self.addr).connect().await.ok()?;
+                pb::admin_client::AdminClient::new(channel)
+                    .list_topics(pb::ListTopicsRequest {})
+                    .await
+                    .ok()
+            };
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the broker logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A fresh connection to the broker.
+    pub async fn channel(&self) -> Channel {
+        endpoint(self.addr)
+            .connect()
+            .await
+            .expect("connect to broker")
+    }
+
+    pub async fn log_client(&self) -> pb::log_client::LogClient<Channel> {
+        pb::log_client::LogClient::new(self.channel().await)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES)
+    }
+
+    /// SIGKILL, as `kill -9`: no chance to sync or write markers.
+    pub fn kill_hard(&mut self) -> ExitStatus {
+        self.child.kill().expect("SIGKILL the broker");
+        let status = self.child.wait().expect("wait for the broker");
+        self.exited = Some(status);
+        status
+    }
+
+    /// SIGTERM via coreutils `kill`, then waits up to 60 s for the process to exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill -TERM");
+        assert!(sent.success(), "kill -TERM {} failed: {sent}", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exited = Some(status);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit within 60 s of SIGTERM:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
