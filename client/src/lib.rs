@@ -14,6 +14,7 @@
 //! the bytes the broker validates and appends, so both sides share one implementation.
 #![forbid(unsafe_code)]
 
+mod accumulator;
 pub mod admin;
 pub mod config;
 pub mod connection;
