@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{MAX_PARTITIONS, topic_name_problem};
 use sluice_storage::{Durability, LogConfig, Store};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -350,7 +350,7 @@ impl Topics {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
         }
         let topic = Arc::new(self.open_topic(&meta)?);
-        write_durably(
+        sluice_storage::io::write_atomically(
             &dir.join(META_FILE),
             serde_json::to_vec_pretty(&meta)
                 .map_err(|e| Error::BadMetadata {
@@ -410,24 +410,6 @@ impl Topics {
         }
         drop(self.store.write().unwrap_or_else(|p| p.into_inner()).take());
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file, fsynced and renamed, then fsyncs the
-/// directory: after a crash the file is whole or absent.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io("write", &temp, e))?;
-    std::fs::rename(&temp, path).map_err(|e| Error::io("rename", &temp, e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("fsync directory", dir, e))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! File-system helpers shared by the log, recovery and the store, and [`Faults`]: injected I/O
-//! errors, so that what a failed write or fsync does is tested rather than claimed.
+//! File-system helpers shared by the log, recovery, the store and the engine's users (the
+//! broker's topic metadata), and [`Faults`]: injected I/O errors, so that what a failed write
+//! or fsync does is tested rather than claimed.
 //!
 //! Every write and sync on a log's write path asks its store's `Faults` first. An inert
 //! `Faults` (the default) costs one branch per batch; an armed one fails the next matching
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// fsyncs a directory, so that files created, renamed or removed in it stay so after a crash.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync directory", PathBuf::from(dir), e))
@@ -29,7 +30,7 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` through a temporary file that is fsynced and renamed over it, then
 /// fsyncs the directory: after a crash the file is the old one or the new one, whole.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let temp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;

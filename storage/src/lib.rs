@@ -18,7 +18,7 @@ pub mod config;
 mod error;
 pub mod format;
 mod index;
-mod io;
+pub mod io;
 mod log;
 mod mmap;
 mod recovery;

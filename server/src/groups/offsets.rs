@@ -92,6 +92,24 @@ impl OffsetsState {
         }
     }
 
+    /// Notes a batch of records appended from `base_offset` on, one per commit, in order.
+    fn appended_from(
+        &mut self,
+        base_offset: u64,
+        commits: impl IntoIterator<Item = (Key, Committed)>,
+    ) {
+        for (i, (key, commit)) in commits.into_iter().enumerate() {
+            let log_offset = base_offset + i as u64;
+            self.appended(
+                key,
+                Committed {
+                    log_offset,
+                    ..commit
+                },
+            );
+        }
+    }
+
     /// Makes an acknowledged record visible (if it is newer than what is).
     fn acknowledged(&mut self, key: &Key, commit: Committed) {
         if let Some(entry) = self.entries.get_mut(key)
@@ -303,17 +321,7 @@ impl Offsets {
         let (ack, ()) = self
             .partition
             .append_checked(batch, Origin::Broker, move |_, base_offset| {
-                let mut state = lock(&state);
-                for (i, (key, commit)) in pending.into_iter().enumerate() {
-                    let log_offset = base_offset + i as u64;
-                    state.appended(
-                        key,
-                        Committed {
-                            log_offset,
-                            ..commit
-                        },
-                    );
-                }
+                lock(&state).appended_from(base_offset, pending);
                 Ok(())
             })
             .await?;
@@ -391,16 +399,7 @@ impl Offsets {
                             keys: raced.len(),
                         });
                     }
-                    for (i, (key, commit)) in looked.into_iter().enumerate() {
-                        let log_offset = base_offset + i as u64;
-                        state.appended(
-                            key,
-                            Committed {
-                                log_offset,
-                                ..commit
-                            },
-                        );
-                    }
+                    state.appended_from(base_offset, looked);
                     Ok(())
                 })
                 .await;
