@@ -52,6 +52,8 @@ pub enum FaultOp {
     Write,
     /// An `fdatasync`/`fsync` of a segment file.
     Sync,
+    /// Opening or creating a log (its directory and first files), as on a full disk.
+    Create,
 }
 
 /// Injected I/O failures for tests. Clones share their state, so a test keeps one handle and

@@ -33,5 +33,6 @@ pub use config::{Clock, Durability, LogConfig, StoreConfig, TimeSource};
 pub use error::{Corruption, Error, Result};
 pub use io::{FaultOp, Faults};
 pub use log::{AppendInfo, HighWatermarkListener, Log, ReadResult};
+pub use recovery::Report as RecoveryReport;
 pub use stats::StatsSnapshot;
 pub use store::Store;

@@ -18,11 +18,27 @@ use bytes::Bytes;
 use std::fs::File;
 use std::io;
 
+/// How a map will be read, so the kernel reads ahead only where that pays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Consumers reading on from an offset: the kernel's readahead helps.
+    Sequential,
+    /// A few pages here and there (recovery probing a preallocated, mostly sparse file):
+    /// without this, each fault on a hole makes the kernel allocate and zero a whole readahead
+    /// window, which made an unclean restart of 10,000 idle partitions take minutes.
+    Random,
+}
+
 /// Maps the first `len` bytes of `file` read-only, as a `Bytes` that owns the map.
 ///
 /// `len` must not exceed the file's length. A zero length gives an empty `Bytes` (mmap(2)
 /// rejects empty maps).
 pub(crate) fn map_read_only(file: &File, len: u64) -> io::Result<Bytes> {
+    map_read_only_as(file, len, Access::Sequential)
+}
+
+/// [`map_read_only`], with the kernel told how the map will be read.
+pub(crate) fn map_read_only_as(file: &File, len: u64, access: Access) -> io::Result<Bytes> {
     if len == 0 {
         return Ok(Bytes::new());
     }
@@ -39,6 +55,9 @@ pub(crate) fn map_read_only(file: &File, len: u64) -> io::Result<Bytes> {
     // see are never rewritten, so the `&[u8]` that `Bytes` hands out stays valid and unchanging
     // for as long as it lives.
     let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+    if access == Access::Random {
+        map.advise(memmap2::Advice::Random)?;
+    }
     Ok(Bytes::from_owner(map))
 }
 

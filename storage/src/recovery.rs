@@ -14,15 +14,31 @@ use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::index::{self, OFFSET_ENTRY_LEN, OffsetEntry, TIME_ENTRY_LEN, TimeEntry};
 use crate::io::sync_dir;
-use crate::mmap::map_read_only;
+use crate::mmap::{Access, map_read_only_as};
 use crate::segment::{self, CHECKPOINT, Checkpoint, OffsetRule, ScanFrom, Segment};
+use bytes::Bytes;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 
 /// Name of the file that says the log was closed cleanly.
 pub(crate) const CLEAN_MARKER: &str = ".clean-shutdown";
+/// The page size st_blocks is compared against (allocation is at least this granular).
+const PAGE_BYTES: u64 = 4096;
+
+/// What opening a log found and did, for the broker's recovery summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Report {
+    /// The log was closed cleanly (no recovery scan).
+    pub clean: bool,
+    /// Bytes of torn or unacknowledged tail cut from the active segment.
+    pub cut_bytes: u64,
+    /// The active segment was fdatasynced (its tail was not known durable, or was cut).
+    pub synced: bool,
+    /// The active segment's index files were written (entries missing or wrong).
+    pub index_rewritten: bool,
+}
 
 /// What recovery hands the log: its segments, the last one active, and where appends go on.
 #[derive(Debug)]
@@ -31,6 +47,8 @@ pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
     /// The active segment's append state.
     pub tail: Tail,
+    /// What recovery did.
+    pub report: Report,
 }
 
 /// Where an active segment's appends go on: the appender's state, minus its buffers.
@@ -111,10 +129,11 @@ pub(crate) fn recover(dir: &Arc<Path>, config: &LogConfig, now_ms: i64) -> Resul
         }
         segments.push(Arc::new(segment));
     }
-    let (active, tail) = match segments.pop() {
+    let mut created = false;
+    let (active, tail, report) = match segments.pop() {
         Some(active) => {
-            let tail = recover_active(&active, clean, config)?;
-            (active, tail)
+            let (tail, report) = recover_active(&active, clean, config)?;
+            (active, tail, report)
         }
         None => {
             let active = Segment::create(
@@ -123,9 +142,11 @@ pub(crate) fn recover(dir: &Arc<Path>, config: &LogConfig, now_ms: i64) -> Resul
                 config.segment_bytes,
                 config.index_capacity(),
             )?;
+            created = true;
             (
                 Arc::new(active),
                 Tail::empty(0, config.segment_bytes, now_ms),
+                Report::default(),
             )
         }
     };
@@ -133,13 +154,20 @@ pub(crate) fn recover(dir: &Arc<Path>, config: &LogConfig, now_ms: i64) -> Resul
     if clean {
         std::fs::remove_file(&marker).map_err(|e| Error::io("unlink", &marker, e))?;
     }
-    // The removed marker and any created segment must be on disk before the first write.
-    sync_dir(&dir)?;
-    Ok(Recovered { segments, tail })
+    // The removed marker and a created segment must be on disk before the first write; an
+    // unclean open that found everything in place changed no directory entry.
+    if clean || created {
+        sync_dir(&dir)?;
+    }
+    Ok(Recovered {
+        segments,
+        tail,
+        report,
+    })
 }
 
 /// Makes the last segment whole and ready for appends; returns where appends go on.
-fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<Tail> {
+fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<(Tail, Report)> {
     let log_path = active.path("log");
     let log_file = OpenOptions::new()
         .read(true)
@@ -150,9 +178,22 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<T
         .metadata()
         .map_err(|e| Error::io("stat", &log_path, e))?
         .len();
-    let index_bytes = read_or_empty(&active.path("index"))?;
-    let time_bytes = read_or_empty(&active.path("timeindex"))?;
-    let log = map_read_only(&log_file, file_len).map_err(|e| Error::io("mmap", &log_path, e))?;
+    // st_blocks: what the file really holds (it is sparse past what was written).
+    let allocated = log_file
+        .metadata()
+        .map_err(|e| Error::io("stat", &log_path, e))?
+        .blocks()
+        .saturating_mul(512);
+    // Mapped, not read: the index files are preallocated (megabytes of holes), and only their
+    // written prefix is looked at.
+    let index_bytes = map_or_empty(&active.path("index"))?;
+    let time_bytes = map_or_empty(&active.path("timeindex"))?;
+    let log = map_read_only_as(&log_file, file_len, Access::Random)
+        .map_err(|e| Error::io("mmap", &log_path, e))?;
+    let mut report = Report {
+        clean,
+        ..Report::default()
+    };
 
     let index_count = index::valid_offset_prefix(&index_bytes, file_len);
     let entry = |i: usize| index::offset_entry(&index_bytes, i);
@@ -179,17 +220,25 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<T
             recovered = Some(((0..index_count).map(entry).collect(), scan));
         }
     }
+    // Offsets below this were fdatasynced before the crash (or the close).
+    let mut durable_position = None;
     let (offsets, scan): (Vec<OffsetEntry>, segment::Scan) = match recovered {
-        Some(recovered) => recovered,
+        Some(recovered) => {
+            durable_position = Some(recovered.1.valid_len);
+            recovered
+        }
         None => {
             let checkpoint = std::fs::read(active.path(CHECKPOINT))
                 .ok()
                 .and_then(|bytes| Checkpoint::decode(&bytes))
                 .filter(|c| c.position <= file_len && c.next_offset >= active.base_offset);
             let durable =
-                recover_durable(&log, active, checkpoint, &index_bytes, index_count, config)
-                    .unwrap_or_else(|| (Vec::new(), ScanFrom::start(active.base_offset)));
-            let (mut offsets, from) = durable;
+                recover_durable(&log, active, checkpoint, &index_bytes, index_count, config);
+            if durable.is_some() {
+                durable_position = checkpoint.map(|c| c.position);
+            }
+            let (mut offsets, from) =
+                durable.unwrap_or_else(|| (Vec::new(), ScanFrom::start(active.base_offset)));
             // Past the durable point every batch is checked in full; the first that fails
             // is a torn write, cut with everything after it.
             let scan = segment::scan(
@@ -205,7 +254,7 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<T
                     segment = %log_path.display(),
                     position,
                     %corruption,
-                    "cut torn tail of active segment"
+                    "cutting the torn tail of the active segment"
                 );
             }
             offsets.extend(scan.index.iter().copied());
@@ -243,40 +292,63 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<T
     let last_append_ms = times.last().map_or(modified, |t| t.append_ms.max(floor_ms));
     let first_append_ms = times.first().map(|t| t.append_ms);
 
-    // Cut the log at its valid end and zero what follows (re-extending a cut file reads as
-    // zeros), so no torn bytes remain to confuse a later recovery; then sync, so that what
-    // the log now serves is durable.
-    let capacity = config.segment_bytes.max(scan.valid_len);
-    let resize = |file: &File, path: &Path, len: u64, capacity: u64| -> Result<()> {
-        file.set_len(len)
-            .map_err(|e| Error::io("truncate", path, e))?;
-        file.set_len(capacity)
-            .map_err(|e| Error::io("preallocate", path, e))
-    };
-    if !clean || file_len != scan.valid_len {
-        resize(&log_file, &log_path, scan.valid_len, capacity)?;
-    } else {
+    // Torn or unacknowledged bytes past the valid end (a batch that failed its checks, or
+    // pages written after the end: st_blocks counts more than the valid data's pages) are cut
+    // and the rest re-zeroed (re-extending a cut file reads as zeros), so no later recovery
+    // can mistake them for data. An idle partition has none: nothing is cut or synced.
+    let valid_len = scan.valid_len;
+    let capacity = config.segment_bytes.max(valid_len);
+    let written_beyond = allocated > valid_len.next_multiple_of(PAGE_BYTES);
+    let cut = scan.stop.is_some() || (valid_len < file_len && written_beyond);
+    if cut {
+        log_file
+            .set_len(valid_len)
+            .map_err(|e| Error::io("truncate", &log_path, e))?;
+        report.cut_bytes = file_len.min(allocated.max(valid_len)) - valid_len;
+    }
+    if cut || file_len < capacity {
         log_file
             .set_len(capacity)
             .map_err(|e| Error::io("preallocate", &log_path, e))?;
     }
-    log_file
-        .sync_data()
-        .map_err(|e| Error::io("fdatasync", &log_path, e))?;
+    // What the log now serves must be durable: sync unless a sync before the crash (or the
+    // clean close) already covered all of it; then record that in the checkpoint, so the next
+    // unclean start need not sync again.
+    let covered = valid_len == 0 || durable_position == Some(valid_len);
+    if cut || !covered {
+        log_file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &log_path, e))?;
+        report.synced = true;
+        if valid_len > 0 && !clean {
+            let checkpoint = Checkpoint {
+                position: valid_len,
+                next_offset: scan.next_offset,
+            };
+            let path = active.path(CHECKPOINT);
+            std::fs::write(&path, checkpoint.encode()).map_err(|e| Error::io("write", &path, e))?;
+        }
+    }
     drop(log_file);
 
     let index_capacity = config.index_capacity().max(offsets.len() as u64 + 1);
-    rewrite_index(
+    report.index_rewritten |= fix_index(
         &active.path("index"),
+        index_bytes,
         &encode(&offsets, OffsetEntry::encode),
+        OFFSET_ENTRY_LEN,
         index_capacity * OFFSET_ENTRY_LEN as u64,
     )?;
-    rewrite_index(
+    report.index_rewritten |= fix_index(
         &active.path("timeindex"),
+        time_bytes,
         &encode(&times, TimeEntry::encode),
+        TIME_ENTRY_LEN,
         (index_capacity + 1) * TIME_ENTRY_LEN as u64,
     )?;
-    active.preallocate(capacity, index_capacity)?;
+    if report.index_rewritten {
+        tracing::info!(segment = %log_path.display(), entries = offsets.len(), "rebuilt the active segment's indexes");
+    }
 
     let tail = Tail {
         position: scan.valid_len,
@@ -300,7 +372,7 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<T
         tail.time_entries,
         tail.last_append_ms,
     );
-    Ok(tail)
+    Ok((tail, report))
 }
 
 /// The index entries and walk state for the part of an unclean active segment that the
@@ -373,12 +445,18 @@ fn recover_durable(
     ))
 }
 
-fn read_or_empty(path: &Path) -> Result<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Error::io("read", path, e)),
-    }
+/// `path` mapped read-only, or empty if it does not exist.
+fn map_or_empty(path: &Path) -> Result<Bytes> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Bytes::new()),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    map_read_only_as(&file, len, Access::Random).map_err(|e| Error::io("mmap", path, e))
 }
 
 fn encode<T>(entries: &[T], put: fn(&T, &mut Vec<u8>)) -> Vec<u8> {
@@ -389,19 +467,54 @@ fn encode<T>(entries: &[T], put: fn(&T, &mut Vec<u8>)) -> Vec<u8> {
     out
 }
 
-/// Replaces an index file's contents with `bytes` followed by zeros up to `capacity`.
-fn rewrite_index(path: &Path, bytes: &[u8], capacity: u64) -> Result<()> {
+/// Makes an index file hold exactly `entries` (encoded, `entry_len` bytes each) followed by
+/// zeros up to `capacity`, touching it as little as it can: nothing if it already does; the
+/// missing entries written after a matching prefix (entries the appender had buffered when the
+/// process died); else a rewrite. `current` is the file's map, dropped before any change.
+/// Returns whether it wrote anything.
+fn fix_index(
+    path: &Path,
+    current: Bytes,
+    entries: &[u8],
+    entry_len: usize,
+    capacity: u64,
+) -> Result<bool> {
+    let capacity = capacity.max(entries.len() as u64);
+    let file_len = current.len() as u64;
+    let matching = current
+        .chunks_exact(entry_len)
+        .zip(entries.chunks_exact(entry_len))
+        .take_while(|(a, b)| a == b)
+        .count()
+        * entry_len;
+    // Past the matching prefix, the file must be zero wherever the new entries (and one more,
+    // which readers and recovery may look at) go.
+    let check_end = (entries.len() + entry_len).min(current.len());
+    let zero_after = current
+        .get(matching..check_end)
+        .is_none_or(|rest| rest.iter().all(|&b| b == 0));
+    drop(current);
+    if matching == entries.len() && zero_after && file_len >= capacity {
+        return Ok(false);
+    }
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
-    file.set_len(0)
-        .map_err(|e| Error::io("truncate", path, e))?;
-    file.write_all_at(bytes, 0)
+    let from = if zero_after {
+        matching
+    } else {
+        file.set_len(0)
+            .map_err(|e| Error::io("truncate", path, e))?;
+        0
+    };
+    file.write_all_at(&entries[from..], from as u64)
         .map_err(|e| Error::io("write", path, e))?;
-    file.set_len(capacity.max(bytes.len() as u64))
-        .map_err(|e| Error::io("preallocate", path, e))?;
-    Ok(())
+    if file_len.max(entries.len() as u64) < capacity || from == 0 {
+        file.set_len(capacity)
+            .map_err(|e| Error::io("preallocate", path, e))?;
+    }
+    Ok(from < entries.len() || !zero_after)
 }

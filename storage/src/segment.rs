@@ -228,33 +228,6 @@ impl Segment {
         Ok(segment)
     }
 
-    /// Grows an active segment's files to at least the given capacities (a config change or a
-    /// segment recovered after a crash), keeping their contents.
-    pub(crate) fn preallocate(&self, log_capacity: u64, index_capacity: u64) -> Result<()> {
-        for (extension, len) in [
-            ("log", log_capacity),
-            ("index", index_capacity * OFFSET_ENTRY_LEN as u64),
-            ("timeindex", (index_capacity + 1) * TIME_ENTRY_LEN as u64),
-        ] {
-            let path = self.path(extension);
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| Error::io("open", &path, e))?;
-            let current = file
-                .metadata()
-                .map_err(|e| Error::io("stat", &path, e))?
-                .len();
-            if current < len {
-                file.set_len(len)
-                    .map_err(|e| Error::io("preallocate", &path, e))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Opens the active segment's files for writing and maps them whole.
     pub(crate) fn open_active(&self) -> Result<SegmentFiles> {
         let open = |extension| -> Result<(File, Bytes)> {

@@ -4,7 +4,7 @@
 use crate::cache::FileCache;
 use crate::config::{Durability, LogConfig, StoreConfig};
 use crate::error::{Error, Result};
-use crate::io::sync_dir;
+use crate::io::{FaultOp, sync_dir};
 use crate::log::Log;
 use crate::shared::Shared;
 use std::collections::HashMap;
@@ -17,6 +17,28 @@ use std::time::{Duration, Instant};
 
 /// Name of the lock file at the root of a data directory.
 pub const LOCK_FILE: &str = "LOCK";
+
+/// A log directory's entry in the store's table.
+#[derive(Debug)]
+enum Slot {
+    /// A thread is opening (recovering) it now.
+    Opening,
+    /// Open, as long as someone holds it.
+    Open(Weak<Log>),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Slot {
+    fn log(&self) -> Option<Arc<Log>> {
+        match self {
+            Self::Opening => None,
+            Self::Open(log) => log.upgrade(),
+        }
+    }
+}
 
 /// The background flusher thread and the flag that stops it.
 #[derive(Debug)]
@@ -51,7 +73,9 @@ struct Flusher {
 pub struct Store {
     root: PathBuf,
     shared: Arc<Shared>,
-    logs: Arc<Mutex<HashMap<PathBuf, Weak<Log>>>>,
+    logs: Arc<Mutex<HashMap<PathBuf, Slot>>>,
+    /// Entries in `logs` after its last prune.
+    pruned_len: Mutex<usize>,
     next_id: AtomicU64,
     flusher: Option<Flusher>,
     _lock: File,
@@ -83,7 +107,7 @@ impl Store {
             clock: config.clock.clone(),
             faults: config.faults.clone(),
         });
-        let logs: Arc<Mutex<HashMap<PathBuf, Weak<Log>>>> = Arc::default();
+        let logs: Arc<Mutex<HashMap<PathBuf, Slot>>> = Arc::default();
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = {
             let logs = Arc::clone(&logs);
@@ -97,6 +121,7 @@ impl Store {
             root,
             shared,
             logs,
+            pruned_len: Mutex::new(0),
             next_id: AtomicU64::new(1),
             flusher: Some(Flusher { stop, thread }),
             _lock: lock,
@@ -124,14 +149,51 @@ impl Store {
             ));
         }
         let dir = self.root.join(relative);
-        let mut logs = self.lock_logs();
-        if logs
-            .get(&dir)
-            .and_then(Weak::upgrade)
-            .is_some_and(|log| !log.is_closed())
         {
-            return Err(Error::config("log name", name, "is already open"));
+            // Reserve the name, then open without the lock: opening recovers, which may take
+            // syncs, and a broker opens thousands of logs in parallel at start.
+            let mut logs = self.lock_logs();
+            match logs.get(&dir) {
+                Some(Slot::Opening) => {
+                    return Err(Error::config("log name", name, "is being opened"));
+                }
+                Some(Slot::Open(log)) if log.upgrade().is_some_and(|log| !log.is_closed()) => {
+                    return Err(Error::config("log name", name, "is already open"));
+                }
+                _ => {}
+            }
+            logs.insert(dir.clone(), Slot::Opening);
         }
+        let opened = self.open_reserved(&dir, config);
+        let mut logs = self.lock_logs();
+        match &opened {
+            Ok(log) => {
+                logs.insert(dir, Slot::Open(Arc::downgrade(log)));
+                // Entries of dropped logs are pruned when the table has doubled since the
+                // last prune: amortized O(1) an open (a prune on every open made opening
+                // 10,000 logs quadratic).
+                let mut pruned = lock(&self.pruned_len);
+                if logs.len() >= 2 * *pruned + 64 {
+                    logs.retain(|_, slot| match slot {
+                        Slot::Opening => true,
+                        Slot::Open(log) => log.strong_count() > 0,
+                    });
+                    *pruned = logs.len();
+                }
+            }
+            Err(_) => {
+                logs.remove(&dir);
+            }
+        }
+        drop(logs);
+        opened
+    }
+
+    fn open_reserved(&self, dir: &Path, config: LogConfig) -> Result<Arc<Log>> {
+        self.shared
+            .faults
+            .check(FaultOp::Create, || dir.to_path_buf())
+            .map_err(|e| Error::io("create log", dir, e))?;
         if !dir.exists() {
             // Every directory that gains an entry must be fsynced for the entry to survive a
             // crash: the deepest one that existed, and each new one above the log's own
@@ -141,7 +203,7 @@ impl Store {
                 .find(|a| a.exists())
                 .unwrap_or(&self.root)
                 .to_path_buf();
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
             for ancestor in dir.ancestors().skip(1) {
                 sync_dir(ancestor)?;
                 if ancestor == existing {
@@ -150,13 +212,15 @@ impl Store {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let log = Arc::new(Log::open(id, &dir, config, Arc::clone(&self.shared))?);
-        logs.retain(|_, log| log.strong_count() > 0);
-        logs.insert(dir, Arc::downgrade(&log));
-        Ok(log)
+        Ok(Arc::new(Log::open(
+            id,
+            dir,
+            config,
+            Arc::clone(&self.shared),
+        )?))
     }
 
-    fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Weak<Log>>> {
+    fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Slot>> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -170,11 +234,7 @@ impl Store {
     /// error is returned after every log was tried.
     pub fn close(mut self) -> Result<()> {
         self.stop_flusher();
-        let logs: Vec<Arc<Log>> = self
-            .lock_logs()
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let logs: Vec<Arc<Log>> = self.lock_logs().values().filter_map(Slot::log).collect();
         let mut first_error = None;
         for log in logs {
             if let Err(error) = log.close() {
@@ -202,7 +262,7 @@ impl Drop for Store {
 }
 
 /// Syncs `Interval` logs when their interval has passed, until told to stop.
-fn run_flusher(logs: &Mutex<HashMap<PathBuf, Weak<Log>>>, stop: &(Mutex<bool>, Condvar)) {
+fn run_flusher(logs: &Mutex<HashMap<PathBuf, Slot>>, stop: &(Mutex<bool>, Condvar)) {
     const IDLE_TICK: Duration = Duration::from_millis(100);
     let mut last_sync: HashMap<PathBuf, Instant> = HashMap::new();
     let (flag, wake) = stop;
@@ -211,7 +271,7 @@ fn run_flusher(logs: &Mutex<HashMap<PathBuf, Weak<Log>>>, stop: &(Mutex<bool>, C
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter_map(Weak::upgrade)
+            .filter_map(Slot::log)
             .filter_map(|log| match log.durability() {
                 Durability::Interval(every) => Some((log, every)),
                 _ => None,

@@ -298,10 +298,20 @@ impl BatchPrefix {
     }
 }
 
-/// Writes `base_offset` into a batch's header in place (the broker's only change to a batch).
+/// Writes `base_offset` into a batch's header in place.
 ///
 /// # Panics
 /// If `batch` is shorter than a header; callers stamp only validated batches.
 pub fn stamp_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[layout::BASE_OFFSET].copy_from_slice(&base_offset.to_le_bytes());
+}
+
+/// Writes the broker's `leader_epoch` into a batch's header in place, over whatever the
+/// producer sent (it is outside the CRC). With [`stamp_base_offset`], the broker's only change
+/// to a batch.
+///
+/// # Panics
+/// If `batch` is shorter than a header; callers stamp only validated batches.
+pub fn stamp_leader_epoch(batch: &mut [u8], leader_epoch: u32) {
+    batch[layout::LEADER_EPOCH].copy_from_slice(&leader_epoch.to_le_bytes());
 }

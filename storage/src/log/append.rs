@@ -9,7 +9,7 @@
 use super::Log;
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::format::{BatchView, stamp_base_offset};
+use crate::format::{BatchView, stamp_base_offset, stamp_leader_epoch};
 use crate::index::{OFFSET_ENTRY_LEN, OffsetEntry, TIME_ENTRY_LEN, TimeEntry};
 use crate::io::{FaultOp, remove_if_exists, sync_dir};
 use crate::recovery::Tail;
@@ -18,6 +18,10 @@ use crate::stats::Stats;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+/// The leader epoch stamped on every batch: 0 until replication gives partitions leaders and
+/// epochs (design.md §7); stamping it means no producer's value is ever stored.
+const LEADER_EPOCH: u32 = 0;
 
 /// Index entries buffered by the appender before one write to the index files.
 const PENDING_INDEX_ENTRIES: usize = 32;
@@ -102,6 +106,7 @@ impl Log {
         }
         let base_offset = writer.tail.next_offset;
         stamp_base_offset(batch, base_offset);
+        stamp_leader_epoch(batch, LEADER_EPOCH);
         let position = writer.tail.position;
         let active = Arc::clone(&writer.active);
         let files = self.write_files(&active)?;

@@ -28,7 +28,7 @@ use crate::cache::Key;
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, Result};
 use crate::io::sync_dir;
-use crate::recovery::{self, CLEAN_MARKER};
+use crate::recovery::{self, CLEAN_MARKER, Report};
 use crate::segment::{Segment, SegmentFiles};
 use crate::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot};
@@ -63,6 +63,8 @@ pub struct Log {
     stats: Stats,
     /// Called with the new high watermark each time it advances (see `on_high_watermark`).
     listener: OnceLock<Listener>,
+    /// What opening the log found and did.
+    recovery: Report,
 }
 
 /// The registered listener (a newtype, so the log can derive `Debug`).
@@ -90,6 +92,7 @@ impl Log {
         let recovered = recovery::recover(&dir, &config, shared.clock.now_ms())?;
         let segments = recovered.segments;
         let tail = recovered.tail;
+        let recovery = recovered.report;
         let earliest = segments.first().map_or(tail.next_offset, |s| s.base_offset);
         let active = segments
             .last()
@@ -113,6 +116,7 @@ impl Log {
             closed: AtomicBool::new(false),
             stats: Stats::default(),
             listener: OnceLock::new(),
+            recovery,
         })
     }
 
@@ -165,6 +169,11 @@ impl Log {
     /// Counters since the log was opened.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// What opening the log found and did: clean or recovered, bytes cut, syncs, indexes.
+    pub fn recovery(&self) -> Report {
+        self.recovery
     }
 
     /// Whether the log was poisoned by a failed write or fsync.
