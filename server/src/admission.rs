@@ -10,7 +10,7 @@
 //! held for produce requests is at most `max_produce_requests × max_message_bytes` being
 //! received plus `max_inflight_bytes` accepted.
 
-use sluice_proto::RETRY_AFTER_MS;
+use crate::grpc::status::busy_status;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -87,13 +87,13 @@ where
                     });
                 }
                 Err(_) => {
-                    let mut status = tonic::Status::resource_exhausted(format!(
-                        "broker is receiving {} produce requests, limit {}: retry after {} ms",
-                        self.layer.limit, self.layer.limit, self.layer.retry_after_ms
-                    ));
-                    if let Ok(value) = self.layer.retry_after_ms.to_string().parse() {
-                        status.metadata_mut().insert(RETRY_AFTER_MS, value);
-                    }
+                    let status = busy_status(
+                        format!(
+                            "broker is receiving {} produce requests, limit {}: retry after {} ms",
+                            self.layer.limit, self.layer.limit, self.layer.retry_after_ms
+                        ),
+                        self.layer.retry_after_ms,
+                    );
                     let response = status.into_http();
                     return Box::pin(async move { Ok(response) });
                 }

@@ -29,9 +29,22 @@ pub struct Config {
     /// Produce bytes accepted but not yet acknowledged, whole broker: the bound on memory held
     /// for produce requests. Default 256 MiB; 64 KiB ..= 4 GiB − 1.
     pub max_inflight_bytes: u32,
-    /// Client connections at once; beyond it the broker stops accepting until one closes.
-    /// Default 1024; 1 ..= 1000000.
+    /// Client connections at once; beyond it a new connection is answered
+    /// `RESOURCE_EXHAUSTED` (with the retry hint) and closed. Default 1024; 1 ..= 1000000.
     pub max_connections: usize,
+    /// Client connections at once from one IP address, so one host cannot take every slot
+    /// (the broker-wide cap applies too). Default 256; 1 ..= 1000000.
+    pub max_connections_per_ip: usize,
+    /// Time a new connection has to send its HTTP/2 preface and first frame header before it
+    /// is closed, ms (sockets that connect and say nothing must not hold slots). Default
+    /// 10000; 100 ..= 600000.
+    pub handshake_timeout_ms: u64,
+    /// Interval of the HTTP/2 keepalive pings the broker sends, ms. Default 30000;
+    /// 1000 ..= 3600000.
+    pub keepalive_interval_ms: u64,
+    /// Time a peer has to answer a keepalive ping before its connection is closed (a dead or
+    /// half-open peer), ms. Default 20000; 1000 ..= 600000.
+    pub keepalive_timeout_ms: u64,
     /// Concurrent requests (HTTP/2 streams) per connection. Default 256; 1 ..= 65536.
     pub max_concurrent_streams: u32,
     /// Produce requests being received at once, whole broker; beyond it a produce is refused
@@ -62,6 +75,10 @@ impl Default for Config {
             max_inflight_bytes_per_connection: 64 << 20,
             max_inflight_bytes: 256 << 20,
             max_connections: 1024,
+            max_connections_per_ip: 256,
+            handshake_timeout_ms: 10_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 20_000,
             max_concurrent_streams: 256,
             max_produce_requests: 64,
             retry_after_ms: 50,
@@ -137,6 +154,41 @@ impl Config {
         ] {
             check(field, value, KIB64, u32::MAX, "must be at least 64 KiB")?;
         }
+        check(
+            "max_connections",
+            self.max_connections,
+            1,
+            1_000_000,
+            "must be within 1..=1000000",
+        )?;
+        check(
+            "max_connections_per_ip",
+            self.max_connections_per_ip,
+            1,
+            1_000_000,
+            "must be within 1..=1000000",
+        )?;
+        check(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            100,
+            600_000,
+            "must be within 100..=600000",
+        )?;
+        check(
+            "keepalive_interval_ms",
+            self.keepalive_interval_ms,
+            1000,
+            3_600_000,
+            "must be within 1000..=3600000",
+        )?;
+        check(
+            "keepalive_timeout_ms",
+            self.keepalive_timeout_ms,
+            1000,
+            600_000,
+            "must be within 1000..=600000",
+        )?;
         check(
             "max_concurrent_streams",
             self.max_concurrent_streams,

@@ -15,6 +15,12 @@ pub enum Error {
         /// The name asked for.
         topic: String,
     },
+    /// The topic was deleted while the request used it (a long poll, a subscription).
+    #[error("topic {topic:?} was deleted")]
+    TopicDeleted {
+        /// The topic.
+        topic: String,
+    },
     /// No such partition.
     #[error("unknown partition {partition} of topic {topic:?} (it has {partitions})")]
     UnknownPartition {
@@ -90,13 +96,35 @@ pub enum Error {
     Task(String),
 }
 
+/// Longest part of a client's input echoed back in an error message, bytes: a 10 KB topic
+/// name must not come back whole and overflow the client's metadata limits.
+pub const MAX_ECHO_BYTES: usize = 200;
+
+/// `value` as an error message may repeat it: whole if short, else its first
+/// [`MAX_ECHO_BYTES`] (cut at a character boundary) and its length.
+pub fn echo(value: &str) -> String {
+    if value.len() <= MAX_ECHO_BYTES {
+        return value.to_owned();
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &value[..end], value.len())
+}
+
 impl Error {
     pub(crate) fn invalid(field: &'static str, value: impl ToString, reason: &'static str) -> Self {
         Self::InvalidArgument {
             field,
-            value: value.to_string(),
+            value: echo(&value.to_string()),
             reason,
         }
+    }
+
+    /// `NOT_FOUND` for a topic, its name echoed at most [`MAX_ECHO_BYTES`].
+    pub(crate) fn unknown_topic(topic: &str) -> Self {
+        Self::UnknownTopic { topic: echo(topic) }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -117,4 +145,20 @@ where
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_input_is_echoed_cut_with_its_length() {
+        assert_eq!(echo("orders"), "orders");
+        let long = "é".repeat(5000);
+        let echoed = echo(&long);
+        assert!(echoed.len() < MAX_ECHO_BYTES + 32, "{}", echoed.len());
+        assert!(echoed.ends_with("... (10000 bytes)"), "{echoed}");
+        let error = Error::invalid("topic", "x".repeat(10_000), "too long");
+        assert!(error.to_string().len() < 300);
+    }
 }

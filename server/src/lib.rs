@@ -14,6 +14,7 @@ pub mod error;
 pub mod groups;
 pub mod grpc;
 pub mod inflight;
+pub mod oversize;
 pub mod partition;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -106,9 +107,17 @@ pub async fn run(
         })
         .await?
     };
-    let grpc_addr = grpc.local_addr().ok();
-    let http_addr = http.local_addr().ok();
-    tracing::info!(?grpc_addr, ?http_addr, data_dir = %config.data_dir.display(), "sluice broker serving");
+    let address = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+    };
+    tracing::info!(
+        grpc_addr = %address(&grpc),
+        http_addr = %address(&http),
+        data_dir = %config.data_dir.display(),
+        "sluice broker serving"
+    );
 
     // One signal fans out to the gRPC server, the HTTP server, long polls and subscriptions.
     tokio::spawn(async move {
@@ -140,10 +149,17 @@ pub async fn run(
     health
         .set_serving::<GroupsServer<grpc::groups::GroupsService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl 1.8 and many tools still ask for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| Error::Task(format!("reflection service: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| Error::Task(format!("reflection service: {e}")))?;
 
     let limit = config.max_message_bytes;
@@ -157,8 +173,15 @@ pub async fn run(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     // serve_with_incoming ignores Server::tcp_nodelay; connections.rs sets it on each one.
-    let incoming = connections::incoming(grpc, config.max_connections, stop.clone());
+    let limits = connections::Limits {
+        max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        retry_after_ms: config.retry_after_ms,
+    };
+    let incoming = connections::incoming(grpc, limits, stop.clone());
     let served = Server::builder()
+        .layer(oversize::OversizeLayer)
         .layer(admission::AdmissionLayer::new(
             config.max_produce_requests,
             config.retry_after_ms,
@@ -167,9 +190,11 @@ pub async fn run(
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
         .max_concurrent_streams(config.max_concurrent_streams)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_timeout_ms)))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(log)
         .add_service(admin)
         .add_service(groups)

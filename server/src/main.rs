@@ -13,6 +13,8 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 struct Cli {
+    #[command(flatten)]
+    broker: cli::BrokerArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,12 +61,28 @@ struct ServeArgs {
     /// Client connections at once [default: 1024].
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Client connections at once from one IP address [default: 256].
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Time a new connection has to start its HTTP/2 handshake, ms [default: 10000].
+    #[arg(long, env = "SLUICE_HANDSHAKE_TIMEOUT_MS")]
+    handshake_timeout_ms: Option<u64>,
+    /// Interval of HTTP/2 keepalive pings, ms [default: 30000].
+    #[arg(long, env = "SLUICE_KEEPALIVE_INTERVAL_MS")]
+    keepalive_interval_ms: Option<u64>,
+    /// Time a peer has to answer a keepalive ping, ms [default: 20000].
+    #[arg(long, env = "SLUICE_KEEPALIVE_TIMEOUT_MS")]
+    keepalive_timeout_ms: Option<u64>,
     /// Produce requests being received at once [default: 64].
     #[arg(long, env = "SLUICE_MAX_PRODUCE_REQUESTS")]
     max_produce_requests: Option<usize>,
     /// Retry hint sent with RESOURCE_EXHAUSTED, ms [default: 50].
     #[arg(long, env = "SLUICE_RETRY_AFTER_MS")]
     retry_after_ms: Option<u32>,
+    /// Print the effective configuration as TOML (the config file's format: every field,
+    /// defaults filled in) and exit without serving.
+    #[arg(long)]
+    print_config: bool,
 }
 
 impl ServeArgs {
@@ -91,6 +109,10 @@ impl ServeArgs {
             max_inflight_bytes_per_connection,
             max_inflight_bytes,
             max_connections,
+            max_connections_per_ip,
+            handshake_timeout_ms,
+            keepalive_interval_ms,
+            keepalive_timeout_ms,
             max_produce_requests,
             retry_after_ms
         );
@@ -125,7 +147,15 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let print = args.print_config;
     let config = args.into_config()?;
+    if print {
+        print!(
+            "{}",
+            toml::to_string(&config).context("writing the config as TOML")?
+        );
+        return Ok(());
+    }
     let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
@@ -143,7 +173,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A reader that went away (`sluice consume … | head`) is not an error.
+        Err(error) if is_broken_pipe(&error) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -151,6 +201,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -159,7 +211,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Client(command) => cli::run(command).await,
+            Command::Client(command) => cli::run(command, &cli.broker).await,
         }
     })
 }

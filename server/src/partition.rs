@@ -3,9 +3,10 @@
 //! [`Partition::append`] is the only way a batch reaches a partition's log: a client's
 //! Produce, an offset commit, and later dead letters, queue state and schedules. In order it
 //! does:
-//! 1. the limits: producers may not write internal (`__`) topics; the batch must fit the
-//!    topic's `max_batch_bytes`; a producer's bytes must fit the in-flight bounds (partition,
-//!    connection, broker) or it is refused at once with a retry hint;
+//! 1. the limits: producers may not write internal (`__`) topics nor set the control or
+//!    transactional bits; the batch must fit the topic's `max_batch_bytes`; a producer's bytes
+//!    must fit the in-flight bounds (partition, connection, broker) or it is refused at once
+//!    with a retry hint;
 //! 2. on the blocking pool: validation and the caller's pre-append check, under the log's
 //!    writer lock with the offset the batch will get ([`Log::append_with`]), then one write;
 //! 3. the durability wait: under `fsync = always` the answer waits for the group commit that
@@ -18,7 +19,7 @@
 use crate::error::{Error, Result, blocking};
 use crate::inflight::Limiter;
 use bytes::{Bytes, BytesMut};
-use sluice_storage::format::{BatchView, FormatError};
+use sluice_storage::format::{ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchView, FormatError};
 use sluice_storage::replay::{Replayed, StateMachine};
 use sluice_storage::{AppendInfo, Durability, Log, ReadResult};
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ pub struct Partition {
     log: Arc<Log>,
     /// The high watermark, sent by the log's listener each time it advances.
     high_watermark: watch::Receiver<u64>,
+    /// Turns true when the topic is deleted: waiters end with `NOT_FOUND`.
+    deleted: watch::Sender<bool>,
     /// Produce bytes accepted and not yet acknowledged (per-partition bound).
     inflight: Arc<Semaphore>,
     limiter: Arc<Limiter>,
@@ -94,6 +97,7 @@ impl Partition {
             id,
             log,
             high_watermark,
+            deleted: watch::Sender::new(false),
             inflight: Arc::new(Semaphore::new(inflight_bytes as usize)),
             limiter,
             counters: Counters::default(),
@@ -137,6 +141,7 @@ impl Partition {
         F: FnOnce(&BatchView<'_>, u64) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.check_present()?;
         let max = self.log.config().max_batch_bytes;
         let permit = match origin {
             Origin::Producer { peer } => {
@@ -171,6 +176,20 @@ impl Partition {
                 }
                 None
             }
+        };
+        // Control and transactional batches are markers the broker writes (for transactions,
+        // later); a consumer skips control batches, so one from a producer would vanish.
+        let producer = matches!(origin, Origin::Producer { .. });
+        let check = move |view: &BatchView<'_>, base_offset: u64| {
+            let reserved = view.attributes() & (ATTR_CONTROL | ATTR_TRANSACTIONAL);
+            if producer && reserved != 0 {
+                return Err(Error::invalid(
+                    "batch attributes",
+                    format!("{:#06x}", view.attributes()),
+                    "the control (0x20) and transactional (0x10) bits are reserved for batches the broker writes",
+                ));
+            }
+            check(view, base_offset)
         };
         let log = Arc::clone(&self.log);
         let len = batch.len() as u64;
@@ -226,6 +245,7 @@ impl Partition {
     /// the blocking pool: a read is mostly a slice of a mapped segment, but a segment not in the
     /// store's cache is opened and mapped first, which is file I/O.
     pub async fn read(&self, offset: u64, max_bytes: u64) -> Result<ReadResult> {
+        self.check_present()?;
         let log = Arc::clone(&self.log);
         blocking(move || Ok(log.read(offset, max_bytes)?)).await
     }
@@ -236,10 +256,35 @@ impl Partition {
         blocking(move || Ok(log.offset_for_time(time_ms)?)).await
     }
 
-    /// A watch of the high watermark (for long polls and subscriptions). It closes when the
-    /// partition is dropped (its topic deleted).
-    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
-        self.high_watermark.clone()
+    /// Waits until the high watermark passes `offset`. `NOT_FOUND` if the topic is (or gets)
+    /// deleted: a long poll or subscription on it ends rather than wait forever.
+    pub async fn wait_past(&self, offset: u64) -> Result<()> {
+        let mut high_watermark = self.high_watermark.clone();
+        let mut deleted = self.deleted.subscribe();
+        tokio::select! {
+            passed = high_watermark.wait_for(|hw| *hw > offset) => {
+                passed.map(|_| ()).map_err(|_| self.deleted_error())
+            }
+            _ = deleted.wait_for(|deleted| *deleted) => Err(self.deleted_error()),
+        }
+    }
+
+    /// Marks the partition's topic as deleted (before its log is closed), ending waiters.
+    pub fn mark_deleted(&self) {
+        self.deleted.send_replace(true);
+    }
+
+    fn check_present(&self) -> Result<()> {
+        if *self.deleted.borrow() {
+            return Err(self.deleted_error());
+        }
+        Ok(())
+    }
+
+    fn deleted_error(&self) -> Error {
+        Error::TopicDeleted {
+            topic: self.topic.to_string(),
+        }
     }
 
     /// Rebuilds `machine` from this partition's log (blocking; at start-up).

@@ -10,9 +10,10 @@ use crate::inflight::Limiter;
 use crate::partition::Partition;
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{MAX_PARTITIONS, topic_name_problem};
-use sluice_storage::{Durability, LogConfig, Store};
+use sluice_storage::{Durability, Log, LogConfig, Store};
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -20,6 +21,12 @@ use std::time::Duration;
 const TOPICS_DIR: &str = "topics";
 /// The topic's metadata file.
 const META_FILE: &str = "topic.json";
+/// Prefix of the temporary directory a topic is made in (`~` is in no topic name).
+const CREATING_PREFIX: &str = "~creating~";
+/// Threads that open (and recover) or close partitions.
+const PARTITION_THREADS: usize = 8;
+/// Partitions between two progress lines while opening.
+const PROGRESS_EVERY: usize = 1000;
 
 /// Default retention by age: 7 days.
 pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -193,7 +200,9 @@ pub fn validate_name(name: &str, internal: bool) -> Result<()> {
 }
 
 impl Topics {
-    /// Opens every topic found under the data directory (blocking: run it off the runtime).
+    /// Opens every topic found under the data directory (blocking: run it off the runtime),
+    /// recovering their partitions in parallel on a bounded pool of threads and logging
+    /// progress. Leftovers of topic creations that did not finish are removed.
     pub fn open(store: Store, limiter: Arc<Limiter>) -> Result<Self> {
         let topics = Self {
             root: store.root().to_path_buf(),
@@ -204,28 +213,137 @@ impl Topics {
             limiter,
         };
         let root = topics.root.join(TOPICS_DIR);
-        if root.exists() {
-            let entries = std::fs::read_dir(&root).map_err(|e| Error::io("list", &root, e))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| Error::io("list", &root, e))?;
-                let meta_path = entry.path().join(META_FILE);
-                if !meta_path.exists() {
-                    // A topic whose creation did not finish, or a deletion in progress.
-                    continue;
-                }
-                let text = std::fs::read_to_string(&meta_path)
-                    .map_err(|e| Error::io("read", &meta_path, e))?;
-                let meta: TopicMeta =
-                    serde_json::from_str(&text).map_err(|e| Error::BadMetadata {
-                        path: meta_path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let topic = topics.open_topic(&meta)?;
-                tracing::info!(topic = %meta.name, partitions = meta.partitions, "opened topic");
-                topics.write().insert(meta.name.clone(), Arc::new(topic));
-            }
+        if !root.exists() {
+            return Ok(topics);
         }
+        let mut metas = Vec::new();
+        let entries = std::fs::read_dir(&root).map_err(|e| Error::io("list", &root, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &root, e))?;
+            let path = entry.path();
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(CREATING_PREFIX))
+            {
+                tracing::warn!(dir = %path.display(), "removing an unfinished topic creation");
+                std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
+                continue;
+            }
+            let meta_path = path.join(META_FILE);
+            if !meta_path.exists() {
+                // A deletion in progress when the broker stopped.
+                continue;
+            }
+            let text = std::fs::read_to_string(&meta_path)
+                .map_err(|e| Error::io("read", &meta_path, e))?;
+            let meta: TopicMeta = serde_json::from_str(&text).map_err(|e| Error::BadMetadata {
+                path: meta_path.clone(),
+                reason: e.to_string(),
+            })?;
+            metas.push(meta);
+        }
+        let opened = topics.open_topics(&metas)?;
+        let mut registry = topics.write();
+        for topic in opened {
+            registry.insert(topic.name.clone(), Arc::new(topic));
+        }
+        drop(registry);
         Ok(topics)
+    }
+
+    /// Opens the partitions of `metas` on [`PARTITION_THREADS`] threads (recovery is mostly
+    /// waiting on the disk), logging progress every [`PROGRESS_EVERY`] partitions.
+    fn open_topics(&self, metas: &[TopicMeta]) -> Result<Vec<Topic>> {
+        let mut settings = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let path = self.topic_dir(&meta.name).join(META_FILE);
+            let topic_settings = meta
+                .settings
+                .settings()
+                .map_err(|reason| Error::BadMetadata { path, reason })?;
+            let config = topic_settings.log_config()?;
+            settings.push((topic_settings, config));
+        }
+        let jobs: Vec<(usize, u32)> = metas
+            .iter()
+            .enumerate()
+            .flat_map(|(t, meta)| (0..meta.partitions).map(move |p| (t, p)))
+            .collect();
+        let total = jobs.len();
+        let slots: Vec<Mutex<Option<Arc<Log>>>> = (0..total).map(|_| Mutex::new(None)).collect();
+        let done = AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let store = store.as_ref().ok_or_else(|| {
+            Error::Storage(sluice_storage::Error::Closed {
+                dir: self.root.clone(),
+            })
+        })?;
+        in_parallel(total, |job| {
+            let (t, partition) = jobs[job];
+            let name = format!("{TOPICS_DIR}/{}/{partition}", metas[t].name);
+            let log = store.open_log(&name, settings[t].1.clone())?;
+            *slots[job].lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+            let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if finished.is_multiple_of(PROGRESS_EVERY) && finished < total {
+                tracing::info!(
+                    opened = finished,
+                    total,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "opening partitions"
+                );
+            }
+            Ok(())
+        })?;
+        let logs: Vec<Option<Arc<Log>>> = slots
+            .into_iter()
+            .map(|slot| slot.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let reports: Vec<_> = logs.iter().flatten().map(|log| log.recovery()).collect();
+        let mut logs = logs.into_iter();
+        let mut opened = Vec::with_capacity(metas.len());
+        for (meta, (topic_settings, _)) in metas.iter().zip(settings) {
+            let name: Arc<str> = Arc::from(meta.name.as_str());
+            let mut partitions = Vec::with_capacity(meta.partitions as usize);
+            for id in 0..meta.partitions {
+                let log = logs.next().flatten().ok_or_else(|| {
+                    Error::Task(format!("partition {}/{id} was not opened", meta.name))
+                })?;
+                partitions.push(Arc::new(Partition::new(
+                    Arc::clone(&name),
+                    id,
+                    log,
+                    Arc::clone(&self.limiter),
+                    self.partition_inflight_bytes,
+                )));
+            }
+            tracing::info!(topic = %meta.name, partitions = meta.partitions, "opened topic");
+            opened.push(Topic {
+                name: meta.name.clone(),
+                settings: topic_settings,
+                partitions,
+                dir: self.topic_dir(&meta.name),
+            });
+        }
+        if total > 0 {
+            let count = |f: fn(&sluice_storage::RecoveryReport) -> bool| {
+                reports.iter().filter(|r| f(r)).count()
+            };
+            tracing::info!(
+                topics = metas.len(),
+                partitions = total,
+                clean = count(|r| r.clean),
+                recovered = count(|r| !r.clean),
+                tails_cut = count(|r| r.cut_bytes > 0),
+                bytes_cut = reports.iter().map(|r| r.cut_bytes).sum::<u64>(),
+                synced = count(|r| r.synced),
+                indexes_rebuilt = count(|r| r.index_rewritten),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "opened partitions"
+            );
+        }
+        Ok(opened)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
@@ -240,48 +358,12 @@ impl Topics {
         self.root.join(TOPICS_DIR).join(name)
     }
 
-    fn open_topic(&self, meta: &TopicMeta) -> Result<Topic> {
-        let path = self.topic_dir(&meta.name).join(META_FILE);
-        let settings = meta
-            .settings
-            .settings()
-            .map_err(|reason| Error::BadMetadata { path, reason })?;
-        let config = settings.log_config()?;
-        let name: Arc<str> = Arc::from(meta.name.as_str());
-        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
-        let store = store.as_ref().ok_or_else(|| {
-            Error::Storage(sluice_storage::Error::Closed {
-                dir: self.root.clone(),
-            })
-        })?;
-        let mut partitions = Vec::with_capacity(meta.partitions as usize);
-        for id in 0..meta.partitions {
-            let log =
-                store.open_log(&format!("{TOPICS_DIR}/{}/{id}", meta.name), config.clone())?;
-            partitions.push(Arc::new(Partition::new(
-                Arc::clone(&name),
-                id,
-                log,
-                Arc::clone(&self.limiter),
-                self.partition_inflight_bytes,
-            )));
-        }
-        Ok(Topic {
-            name: meta.name.clone(),
-            settings,
-            partitions,
-            dir: self.topic_dir(&meta.name),
-        })
-    }
-
     /// The topic, or `NOT_FOUND` naming it.
     pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
         self.read()
             .get(name)
             .cloned()
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: name.to_owned(),
-            })
+            .ok_or_else(|| Error::unknown_topic(name))
     }
 
     /// Every topic, by name.
@@ -344,24 +426,40 @@ impl Topics {
             partitions,
             settings: StoredSettings::new(&settings),
         };
+        let topics_dir = self.root.join(TOPICS_DIR);
         let dir = self.topic_dir(name);
         if dir.exists() {
-            // Leftovers of a create that crashed before its metadata was written.
+            // A directory without metadata: a deletion that did not finish.
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
         }
-        let topic = Arc::new(self.open_topic(&meta)?);
-        sluice_storage::io::write_atomically(
-            &dir.join(META_FILE),
-            serde_json::to_vec_pretty(&meta)
-                .map_err(|e| Error::BadMetadata {
-                    path: dir.join(META_FILE),
-                    reason: e.to_string(),
-                })?
-                .as_slice(),
-        )?;
-        self.write().insert(name.to_owned(), Arc::clone(&topic));
-        tracing::info!(topic = name, partitions, "created topic");
-        Ok(topic)
+        // The topic's directory appears whole, with its metadata, or not at all: it is made
+        // under a temporary name that no topic can have and renamed into place.
+        let temp = topics_dir.join(format!("{CREATING_PREFIX}{name}"));
+        let prepared = prepare_topic_dir(&temp, &dir, &meta);
+        if let Err(error) = prepared {
+            if let Err(cleanup) = remove_if_present(&temp) {
+                tracing::warn!(dir = %temp.display(), %cleanup, "cannot remove a failed topic creation");
+            }
+            return Err(error);
+        }
+        // Open the partitions; if one fails (a full disk), nothing of the topic remains.
+        match self.open_topics(std::slice::from_ref(&meta)) {
+            Ok(mut opened) => {
+                let topic = Arc::new(opened.remove(0));
+                self.write().insert(name.to_owned(), Arc::clone(&topic));
+                tracing::info!(topic = name, partitions, "created topic");
+                Ok(topic)
+            }
+            Err(error) => {
+                // Metadata first, so a crash half-way leaves a directory that is not a topic.
+                let cleaned =
+                    remove_if_present(&dir.join(META_FILE)).and_then(|()| remove_if_present(&dir));
+                if let Err(cleanup) = cleaned {
+                    tracing::warn!(dir = %dir.display(), %cleanup, "cannot remove a failed topic creation");
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Deletes a topic and its data (blocking). In-flight reads keep their maps until done.
@@ -369,9 +467,11 @@ impl Topics {
         let topic = self
             .write()
             .remove(name)
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: name.to_owned(),
-            })?;
+            .ok_or_else(|| Error::unknown_topic(name))?;
+        // Waiters (long polls, subscriptions) end with NOT_FOUND.
+        for partition in &topic.partitions {
+            partition.mark_deleted();
+        }
         // Drop the metadata first: a crash half-way leaves a directory that is not a topic.
         let meta = topic.dir.join(META_FILE);
         std::fs::remove_file(&meta).map_err(|e| Error::io("unlink", &meta, e))?;
@@ -401,14 +501,93 @@ impl Topics {
     /// directory for the next broker even if a connection task still holds this registry.
     pub fn close_all(&self) {
         let topics: Vec<Arc<Topic>> = self.write().drain().map(|(_, topic)| topic).collect();
-        for topic in topics {
-            for partition in &topic.partitions {
-                if let Err(error) = partition.close() {
-                    tracing::error!(topic = %topic.name, partition = partition.id(), %error, "closing partition failed");
-                }
+        let partitions: Vec<&Arc<Partition>> =
+            topics.iter().flat_map(|t| t.partitions.iter()).collect();
+        let started = std::time::Instant::now();
+        // Each close syncs; in parallel, the file system batches them.
+        let _ = in_parallel(partitions.len(), |i| {
+            let partition = partitions[i];
+            if let Err(error) = partition.close() {
+                tracing::error!(partition = %partition.name(), %error, "closing partition failed");
             }
+            Ok(())
+        });
+        if !partitions.is_empty() {
+            tracing::info!(
+                partitions = partitions.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "closed partitions"
+            );
         }
         drop(self.store.write().unwrap_or_else(|p| p.into_inner()).take());
+    }
+}
+
+/// Runs `job(0..total)` on up to [`PARTITION_THREADS`] threads (opening and closing
+/// partitions is mostly waiting on the disk). Stops handing out jobs after the first error,
+/// which it returns.
+fn in_parallel(total: usize, job: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..PARTITION_THREADS.min(total) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total || failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                        return;
+                    }
+                    if let Err(error) = job(i) {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(error);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Makes `temp` hold the topic's metadata and one empty directory per partition, durably,
+/// then renames it to `dir`.
+fn prepare_topic_dir(temp: &Path, dir: &Path, meta: &TopicMeta) -> Result<()> {
+    remove_if_present(temp)?;
+    std::fs::create_dir_all(temp).map_err(|e| Error::io("create directory", temp, e))?;
+    for id in 0..meta.partitions {
+        let partition = temp.join(id.to_string());
+        std::fs::create_dir(&partition)
+            .map_err(|e| Error::io("create directory", &partition, e))?;
+    }
+    let meta_path = temp.join(META_FILE);
+    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| Error::BadMetadata {
+        path: meta_path.clone(),
+        reason: e.to_string(),
+    })?;
+    sluice_storage::io::write_atomically(&meta_path, &bytes)?;
+    std::fs::rename(temp, dir).map_err(|e| Error::io("rename", temp, e))?;
+    if let Some(parent) = dir.parent() {
+        sluice_storage::io::sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Removes a file or a directory tree; one that is not there is not an error.
+fn remove_if_present(path: &Path) -> Result<()> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
     }
 }
 

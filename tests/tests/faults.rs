@@ -135,3 +135,55 @@ async fn a_failed_fsync_is_not_acknowledged_and_a_restart_recovers_the_partition
     assert_eq!(committed[0].offset, Some(3));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_topic_creation_that_fails_leaves_nothing_behind() {
+    let faults = Faults::armed();
+    let env = Env {
+        faults: faults.clone(),
+        ..Env::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start_env(Some(dir.path().to_path_buf()), env, |_| {}).await;
+    // The third partition cannot be created (as on a full disk).
+    faults.fail(FaultOp::Create, "topics/events/2", 1);
+    let failed = broker
+        .admin()
+        .await
+        .create_topic(pb::CreateTopicRequest {
+            name: "events".into(),
+            partitions: 4,
+            config: None,
+        })
+        .await
+        .unwrap_err();
+    expect_status(&failed, Code::Internal, "create log");
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("topics"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "__consumer_offsets")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // The name is free again, and a restart finds no half-made topic.
+    create_topic(&broker, "events", 4, pb::TopicConfig::default()).await;
+    broker.stop().await;
+    // A creation cut short by a crash (its temporary directory) is swept at start.
+    let ghost = dir.path().join("topics/~creating~ghost");
+    std::fs::create_dir_all(ghost.join("0")).unwrap();
+    std::fs::write(ghost.join("topic.json"), b"{}").unwrap();
+    let broker = TestBroker::start_in(dir.path().to_path_buf(), |_| {}).await;
+    let described = broker
+        .admin()
+        .await
+        .describe_topic(pb::DescribeTopicRequest {
+            name: "events".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    assert_eq!(described.partitions.len(), 4);
+    assert!(!ghost.exists(), "swept once the broker serves");
+    broker.stop().await;
+}

@@ -26,8 +26,6 @@ const BENCH_ATTEMPTS: u32 = 1000;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    broker: BrokerArgs,
     /// Topic to load (created if missing).
     #[arg(long, default_value = "sluice-bench")]
     topic: String,
@@ -96,7 +94,7 @@ fn build_batch(records: usize, record_size: usize) -> anyhow::Result<Bytes> {
     Ok(builder.finish()?.freeze())
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.record_size >= 8,
         "--record-size must be at least 8 (the send time)"
@@ -104,7 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.producers >= 1, "--producers must be at least 1");
     anyhow::ensure!(args.inflight >= 1, "--inflight must be at least 1");
     let records_per_batch = (args.batch_bytes / (args.record_size + 8)).max(1);
-    let admin = args.broker.admin().await?;
+    let admin = broker.admin().await?;
     let topic = match admin.describe_topic(&args.topic).await {
         Ok(described) => described,
         Err(e) if e.code() == Some(tonic::Code::NotFound) => {
@@ -158,7 +156,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             continue;
         }
         let config = ConsumerConfig::new()
-            .connection(args.broker.connection())
+            .connection(broker.connection())
             .max_bytes(4 << 20)
             .max_wait(Duration::from_millis(100))
             .retry(RetryPolicy::new().max_attempts(BENCH_ATTEMPTS));
@@ -208,7 +206,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for p in 0..args.producers {
         let producer = Producer::connect(
             ProducerConfig::new()
-                .connection(args.broker.connection())
+                .connection(broker.connection())
                 .retry(RetryPolicy::new().max_attempts(BENCH_ATTEMPTS)),
         )
         .await?;
@@ -350,7 +348,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "total_seconds": total_elapsed.as_secs_f64(),
     });
     if args.json {
-        println!("{summary}");
+        writeln!(std::io::stdout().lock(), "{summary}")?;
     } else {
         let mut out = std::io::stdout().lock();
         writeln!(

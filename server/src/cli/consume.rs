@@ -11,12 +11,13 @@ use std::io::Write;
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
-    #[command(flatten)]
-    broker: BrokerArgs,
     /// Topic to read.
     topic: String,
-    /// Where to start: earliest, latest, an offset, or an RFC 3339 time.
-    #[arg(long, default_value = "earliest")]
+    /// Where to start: `earliest`, `latest`, an offset (`42`), `-N` for the last N records of
+    /// each partition, or a time: RFC 3339 (`2026-11-24T08:00:00Z`) or a date
+    /// (`2026-11-24`, midnight UTC). A bare offset on a topic of several partitions starts
+    /// each partition at that offset or its end, whichever is lower (and says so).
+    #[arg(long, default_value = "earliest", allow_hyphen_values = true)]
     from: String,
     /// Only this partition (default: all).
     #[arg(long)]
@@ -35,54 +36,101 @@ pub struct ConsumeArgs {
     verbose: bool,
 }
 
-fn parse_from(from: &str) -> anyhow::Result<StartFrom> {
+/// Where `--from` says to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// The last N records of each partition.
+    Last(u64),
+    Time(i64),
+}
+
+fn parse_from(from: &str) -> anyhow::Result<From> {
+    let problem = || {
+        format!(
+            "--from {from:?} is not earliest, latest, an offset, -N, an RFC 3339 time or a date (YYYY-MM-DD)"
+        )
+    };
     Ok(match from {
-        "earliest" => StartFrom::Earliest,
-        "latest" => StartFrom::Latest,
+        "earliest" => From::Earliest,
+        "latest" => From::Latest,
         other => {
-            match other.parse::<u64>() {
-                Ok(offset) => StartFrom::Offset(offset),
-                Err(_) => {
-                    let time = humantime::parse_rfc3339_weak(other).with_context(|| {
-                    format!("--from {other:?} is not earliest, latest, an offset or an RFC 3339 time")
-                })?;
-                    let ms = time
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .context("--from time before 1970")?
-                        .as_millis() as i64;
-                    StartFrom::Timestamp(ms)
-                }
+            if let Ok(offset) = other.parse::<u64>() {
+                From::Offset(offset)
+            } else if let Some(last) = other.strip_prefix('-') {
+                From::Last(last.parse().with_context(problem)?)
+            } else {
+                // A bare date means its midnight, UTC.
+                let text = if other.len() == 10 {
+                    format!("{other}T00:00:00Z")
+                } else {
+                    other.to_owned()
+                };
+                let time = humantime::parse_rfc3339_weak(&text).with_context(problem)?;
+                let ms = time
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("--from time before 1970")?
+                    .as_millis();
+                From::Time(i64::try_from(ms).context("--from time too far ahead")?)
             }
         }
     })
 }
 
-pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
-    let start = parse_from(&args.from)?;
-    let described = args
-        .broker
-        .admin()
-        .await?
-        .describe_topic(&args.topic)
-        .await?;
+/// Where `from` starts `partition`, and a note when a bare offset had to be lowered to the
+/// partition's end.
+fn start_of(
+    from: From,
+    partition: &PartitionDescription,
+    several: bool,
+) -> (StartFrom, Option<String>) {
+    match from {
+        From::Earliest => (StartFrom::Earliest, None),
+        From::Latest => (StartFrom::Latest, None),
+        From::Time(ms) => (StartFrom::Timestamp(ms), None),
+        From::Last(n) => {
+            let start = partition
+                .latest_offset
+                .saturating_sub(n)
+                .max(partition.earliest_offset);
+            (StartFrom::Offset(start), None)
+        }
+        From::Offset(offset) if several && offset > partition.latest_offset => {
+            let note = format!(
+                "partition {} ends at offset {}: starting there instead of {offset}",
+                partition.partition, partition.latest_offset
+            );
+            (StartFrom::Offset(partition.latest_offset), Some(note))
+        }
+        From::Offset(offset) => (StartFrom::Offset(offset), None),
+    }
+}
+
+pub async fn run(args: ConsumeArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
+    let from = parse_from(&args.from)?;
+    let described = broker.admin().await?.describe_topic(&args.topic).await?;
     let partitions: Vec<&PartitionDescription> = described
         .partitions
         .iter()
         .filter(|p| args.partition.is_none_or(|only| p.partition == only))
         .collect();
-    anyhow::ensure!(
-        !partitions.is_empty(),
-        "topic {:?} has no partition {:?}",
-        args.topic,
-        args.partition
-    );
-    let mut config = ConsumerConfig::new().connection(args.broker.connection());
+    if let Some(only) = args.partition {
+        anyhow::ensure!(
+            !partitions.is_empty(),
+            "topic {:?} has no partition {only} (it has {})",
+            args.topic,
+            described.partitions.len()
+        );
+    }
+    let mut config = ConsumerConfig::new().connection(broker.connection());
     if let Some(group) = &args.group {
         config = config.group(group.clone());
     }
     let mut consumer = Consumer::connect(config)
         .await
-        .with_context(|| format!("connecting a consumer to {}", args.broker.broker))?;
+        .with_context(|| format!("connecting a consumer to {}", broker.broker))?;
     let committed: HashMap<u32, u64> = match &args.group {
         Some(_) => {
             let ids: Vec<u32> = partitions.iter().map(|p| p.partition).collect();
@@ -97,11 +145,19 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     // Where "the end of the log" is for a non-following consume: the ends at start.
     let mut ends = HashMap::new();
+    let several = partitions.len() > 1;
     for p in &partitions {
-        let from = committed
-            .get(&p.partition)
-            .map_or(start, |&offset| StartFrom::Offset(offset));
-        consumer.assign(&args.topic, p.partition, from).await?;
+        let start = match committed.get(&p.partition) {
+            Some(&offset) => StartFrom::Offset(offset),
+            None => {
+                let (start, note) = start_of(from, p, several);
+                if let Some(note) = note {
+                    eprintln!("{note}");
+                }
+                start
+            }
+        };
+        consumer.assign(&args.topic, p.partition, start).await?;
         ends.insert(p.partition, p.latest_offset);
     }
     let mut printed = 0u64;

@@ -25,11 +25,16 @@ pub enum ClientCommand {
     Bench(bench::BenchArgs),
 }
 
-/// Where the broker is.
+/// Where the broker is: a global flag, accepted before or after any subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// Broker gRPC address.
-    #[arg(long, env = "SLUICE_BROKER", default_value = "127.0.0.1:7070")]
+    /// Broker gRPC address, for the client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_BROKER",
+        default_value = "127.0.0.1:7070"
+    )]
     pub broker: String,
 }
 
@@ -72,11 +77,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Runs a client command.
-pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
+pub async fn run(command: ClientCommand, broker: &BrokerArgs) -> anyhow::Result<()> {
     match command {
-        ClientCommand::Topic(args) => topic::run(args).await,
-        ClientCommand::Produce(args) => produce::run(args).await,
-        ClientCommand::Consume(args) => consume::run(args).await,
-        ClientCommand::Bench(args) => bench::run(args).await,
+        ClientCommand::Topic(args) => topic::run(args, broker).await,
+        ClientCommand::Produce(args) => produce::run(args, broker).await,
+        ClientCommand::Consume(args) => consume::run(args, broker).await,
+        ClientCommand::Bench(args) => bench::run(args, broker).await,
     }
 }

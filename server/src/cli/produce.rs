@@ -14,8 +14,6 @@ const MAX_PENDING: usize = 10_000;
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
-    #[command(flatten)]
-    broker: BrokerArgs,
     /// Topic to produce to.
     topic: String,
     /// Split each line at the first SEP into key and value (no SEP in a line: no key).
@@ -29,14 +27,14 @@ pub struct ProduceArgs {
     linger_ms: u64,
 }
 
-pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
+pub async fn run(args: ProduceArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
     let producer = Producer::connect(
         ProducerConfig::new()
-            .connection(args.broker.connection())
+            .connection(broker.connection())
             .linger(Duration::from_millis(args.linger_ms)),
     )
     .await
-    .with_context(|| format!("connecting a producer to {}", args.broker.broker))?;
+    .with_context(|| format!("connecting a producer to {}", broker.broker))?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut pending = VecDeque::new();
     let (mut sent, mut failed) = (0u64, 0u64);
@@ -72,7 +70,8 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         settle(delivery.await);
     }
     producer.close().await;
-    eprintln!("produced {sent} records to {}", args.topic);
+    let records = if sent == 1 { "record" } else { "records" };
+    eprintln!("produced {sent} {records} to {}", args.topic);
     match first_error {
         Some(error) => Err(anyhow::anyhow!("{failed} records failed; first: {error}")),
         None => Ok(()),

@@ -3,11 +3,10 @@
 use super::{BrokerArgs, parse_fsync};
 use clap::{Args, Subcommand};
 use sluice_client::admin::{FsyncPolicy, TopicConfig, TopicDescription};
+use std::io::Write;
 
 #[derive(Debug, Args)]
 pub struct TopicArgs {
-    #[command(flatten)]
-    broker: BrokerArgs,
     #[command(subcommand)]
     command: TopicCommand,
 }
@@ -47,7 +46,7 @@ enum TopicCommand {
     Delete { name: String },
 }
 
-fn print_description(topic: &TopicDescription) {
+fn print_description(out: &mut impl Write, topic: &TopicDescription) -> std::io::Result<()> {
     let config = topic.config.unwrap_or_default();
     let fsync = FsyncPolicy::try_from(config.fsync)
         .map(|f| {
@@ -56,20 +55,23 @@ fn print_description(topic: &TopicDescription) {
                 .to_lowercase()
         })
         .unwrap_or_default();
-    println!("topic {}", topic.name);
-    println!(
+    writeln!(out, "topic {}", topic.name)?;
+    writeln!(
+        out,
         "  fsync {fsync}  segment_bytes {}  max_batch_bytes {}  retention_bytes {}  retention_ms {}",
         config.segment_bytes.unwrap_or_default(),
         config.max_batch_bytes.unwrap_or_default(),
         config.retention_bytes.unwrap_or(-1),
         config.retention_ms.unwrap_or(-1),
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  {:>9} {:>14} {:>14} {:>14} {:>12} {:>8}",
         "partition", "earliest", "latest", "log_end", "bytes", "segments"
-    );
+    )?;
     for p in &topic.partitions {
-        println!(
+        writeln!(
+            out,
             "  {:>9} {:>14} {:>14} {:>14} {:>12} {:>8}",
             p.partition,
             p.earliest_offset,
@@ -77,12 +79,14 @@ fn print_description(topic: &TopicDescription) {
             p.log_end_offset,
             p.size_bytes,
             p.segments
-        );
+        )?;
     }
+    Ok(())
 }
 
-pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
-    let admin = args.broker.admin().await?;
+pub async fn run(args: TopicArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
+    let admin = broker.admin().await?;
+    let mut out = std::io::stdout().lock();
     match args.command {
         TopicCommand::Create {
             name,
@@ -103,19 +107,19 @@ pub async fn run(args: TopicArgs) -> anyhow::Result<()> {
                 max_batch_bytes,
             };
             let created = admin.create_topic(&name, partitions, config).await?;
-            print_description(&created);
+            print_description(&mut out, &created)?;
         }
         TopicCommand::List => {
             for topic in admin.list_topics().await? {
-                println!("{}\t{}", topic.name, topic.partitions);
+                writeln!(out, "{}\t{}", topic.name, topic.partitions)?;
             }
         }
         TopicCommand::Describe { name } => {
-            print_description(&admin.describe_topic(&name).await?);
+            print_description(&mut out, &admin.describe_topic(&name).await?)?;
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
-            println!("deleted {name}");
+            writeln!(out, "deleted {name}")?;
         }
     }
     Ok(())

@@ -44,12 +44,18 @@ pub fn topic_settings(config: Option<&pb::TopicConfig>) -> Result<TopicSettings>
             ));
         }
     };
+    let segment_bytes = config.segment_bytes.unwrap_or(defaults.segment_bytes);
+    // A batch must fit a segment: with small segments the default shrinks to match.
+    let default_batch = u64::from(defaults.max_batch_bytes).min(segment_bytes);
+    let max_batch_bytes = config
+        .max_batch_bytes
+        .unwrap_or(u32::try_from(default_batch).unwrap_or(defaults.max_batch_bytes));
     let settings = TopicSettings {
         retention_bytes,
         retention_ms,
-        segment_bytes: config.segment_bytes.unwrap_or(defaults.segment_bytes),
+        segment_bytes,
         durability,
-        max_batch_bytes: config.max_batch_bytes.unwrap_or(defaults.max_batch_bytes),
+        max_batch_bytes,
     };
     settings.log_config()?;
     Ok(settings)
@@ -115,6 +121,15 @@ mod tests {
             Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "segment_bytes"),
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+        // Small segments: the default batch limit shrinks to fit one.
+        let small = pb::TopicConfig {
+            segment_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        assert_eq!(
+            topic_settings(Some(&small)).map(|s| s.max_batch_bytes).ok(),
+            Some(1 << 20)
+        );
         let negative = pb::TopicConfig {
             retention_ms: Some(-1),
             retention_bytes: Some(-7),

@@ -53,11 +53,6 @@ impl LogService {
     }
 }
 
-/// Completes when the watermark passes `offset`; `false` if the partition went away.
-async fn advanced(mut watermark: watch::Receiver<u64>, offset: u64) -> bool {
-    watermark.wait_for(|hw| *hw > offset).await.is_ok()
-}
-
 /// Completes when the broker starts shutting down.
 async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -113,17 +108,18 @@ impl pb::log_server::Log for LogService {
         let wait = request
             .max_wait_ms
             .min(self.broker.config.max_fetch_wait_ms);
-        // Subscribe to the watermark before reading, so no advance is missed in between.
-        let watermark = partition.watch_high_watermark();
         let mut read = partition.read(request.offset, max_bytes).await?;
         if read.batches.is_empty() && wait > 0 {
-            let offset = request.offset;
-            tokio::select! {
-                _ = tokio::time::timeout(
+            // The wait checks the watermark first, so an append since the read is not missed.
+            let waited = tokio::select! {
+                waited = tokio::time::timeout(
                     Duration::from_millis(u64::from(wait)),
-                    advanced(watermark, offset),
-                ) => {}
-                () = stopped(self.broker.shutdown.clone()) => {}
+                    partition.wait_past(request.offset),
+                ) => waited,
+                () = stopped(self.broker.shutdown.clone()) => Ok(Ok(())),
+            };
+            if let Ok(Err(deleted)) = waited {
+                return Err(deleted.into());
             }
             read = partition.read(request.offset, max_bytes).await?;
         }
@@ -149,7 +145,6 @@ impl pb::log_server::Log for LogService {
         partition.read(request.offset, 0).await?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
         let shutdown = self.broker.shutdown.clone();
-        let watermark = partition.watch_high_watermark();
         tokio::spawn(async move {
             let mut offset = request.offset;
             loop {
@@ -170,12 +165,9 @@ impl pb::log_server::Log for LogService {
                     continue;
                 }
                 tokio::select! {
-                        alive = advanced(watermark.clone(), offset) => {
-                        if !alive {
-                            // The partition went away (topic deleted).
-                            let _ = sender
-                                .send(Err(Status::unavailable("partition closed: topic deleted")))
-                                .await;
+                    waited = partition.wait_past(offset) => {
+                        if let Err(deleted) = waited {
+                            let _ = sender.send(Err(deleted.into())).await;
                             return;
                         }
                     }

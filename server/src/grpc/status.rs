@@ -10,17 +10,13 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         let code = match &error {
-            Error::UnknownTopic { .. } | Error::UnknownPartition { .. } => Code::NotFound,
+            Error::UnknownTopic { .. }
+            | Error::UnknownPartition { .. }
+            | Error::TopicDeleted { .. } => Code::NotFound,
             Error::TopicExists { .. } => Code::AlreadyExists,
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::Conflict { .. } => Code::Aborted,
-            Error::Busy { retry_after_ms, .. } => {
-                let mut status = Status::resource_exhausted(message);
-                if let Ok(value) = retry_after_ms.to_string().parse() {
-                    status.metadata_mut().insert(RETRY_AFTER_MS, value);
-                }
-                return status;
-            }
+            Error::Busy { retry_after_ms, .. } => return busy_status(message, *retry_after_ms),
             Error::Storage(storage) => storage_code(storage),
             Error::Io { .. } | Error::BadMetadata { .. } | Error::Task(_) => Code::Internal,
         };
@@ -29,6 +25,16 @@ impl From<Error> for Status {
         }
         Status::new(code, message)
     }
+}
+
+/// `RESOURCE_EXHAUSTED` with `message` and the `retry-after-ms` hint: the one shape of every
+/// back-pressure answer (in-flight bytes, admission, connections).
+pub fn busy_status(message: String, retry_after_ms: u32) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    if let Ok(value) = retry_after_ms.to_string().parse() {
+        status.metadata_mut().insert(RETRY_AFTER_MS, value);
+    }
+    status
 }
 
 fn storage_code(error: &StorageError) -> Code {
