@@ -136,3 +136,135 @@ async fn topic_produce_consume_replay_and_bench() {
 
     broker.stop().await;
 }
+
+/// Runs `sluice ARGS` without the broker in the environment (flags only).
+async fn sluice_bare(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env_remove("SLUICE_BROKER")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("sluice finishes within 60 s")
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_as_a_newcomer_meets_it() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr.to_string();
+    // --broker is global: before or after the subcommand.
+    let (ok, _, err) = sluice_bare(&[
+        "topic",
+        "create",
+        "news",
+        "--partitions",
+        "2",
+        "--broker",
+        &addr,
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = sluice_bare(&["--broker", &addr, "topic", "list"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "news\t2");
+
+    // One record is one record.
+    let (ok, _, err) = sluice(&broker, &["produce", "news", "--partition", "0"], "solo\n").await;
+    assert!(ok, "{err}");
+    assert!(err.contains("produced 1 record to news"), "{err}");
+    let lines: String = (0..5).map(|i| format!("p1-{i}\n")).collect();
+    let (ok, _, err) = sluice(&broker, &["produce", "news", "--partition", "1"], &lines).await;
+    assert!(ok, "{err}");
+    assert!(err.contains("produced 5 records"), "{err}");
+
+    // A bare offset past one partition's end starts that partition at its end, and says so.
+    let (ok, out, err) = sluice(&broker, &["consume", "news", "--from", "3"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "p1-3\np1-4\n");
+    assert!(
+        err.contains("partition 0 ends at offset 1: starting there instead of 3"),
+        "{err}"
+    );
+    // -N: the last N records of each partition (not a flag).
+    let (ok, out, err) = sluice(
+        &broker,
+        &["consume", "news", "--from", "-1", "--partition", "1"],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "p1-4\n");
+    // A date is midnight UTC: one in the past replays everything, one far ahead nothing.
+    let (ok, out, err) = sluice(&broker, &["consume", "news", "--from", "2001-01-01"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 6, "{out}");
+    let (ok, out, err) = sluice(&broker, &["consume", "news", "--from", "2999-01-01"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "");
+
+    // Messages carry values, not Rust's Debug formatting; a missing topic reads the same from
+    // produce and consume.
+    let (ok, _, err) = sluice(&broker, &["consume", "news", "--partition", "7"], "").await;
+    assert!(!ok);
+    assert!(err.contains("has no partition 7 (it has 2)"), "{err}");
+    assert!(!err.contains("Some("), "{err}");
+    let (ok, _, produce_err) = sluice(&broker, &["produce", "nowhere"], "x\n").await;
+    assert!(!ok);
+    let (ok, _, consume_err) = sluice(&broker, &["consume", "nowhere"], "").await;
+    assert!(!ok);
+    let wording =
+        "describe topic nowhere failed after 1 attempt(s): NotFound: unknown topic \"nowhere\"";
+    assert!(produce_err.contains(wording), "{produce_err}");
+    assert!(consume_err.contains(wording), "{consume_err}");
+
+    // `| head`: the reader goes away; sluice exits quietly, successfully, without a panic.
+    let many: String = (0..20_000).map(|i| format!("line-{i}\n")).collect();
+    let (ok, _, err) = sluice(&broker, &["produce", "news", "--partition", "1"], &many).await;
+    assert!(ok, "{err}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["consume", "news"])
+        .env("SLUICE_BROKER", &addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut first)
+        .await
+        .unwrap();
+    drop(stdout);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("sluice finishes within 60 s")
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn serve_prints_its_config_in_the_config_file_format() {
+    let (ok, out, err) = sluice_bare(&["serve", "--print-config", "--max-connections", "77"]).await;
+    assert!(ok, "{err}");
+    let config = sluice_server::Config::from_toml(&out).expect("the printed config parses back");
+    assert_eq!(config.max_connections, 77);
+    assert_eq!(
+        config,
+        sluice_server::Config {
+            max_connections: 77,
+            ..Default::default()
+        }
+    );
+    assert!(out.contains("handshake_timeout_ms = 10000"), "{out}");
+}

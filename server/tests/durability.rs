@@ -455,6 +455,11 @@ async fn sigterm_mid_load() {
         "graceful shutdown exits 0: {status}\n{}",
         broker.log_text()
     );
+    // The log went to a file: plain text, no colour codes.
+    assert!(
+        !broker.log_text().contains('\u{1b}'),
+        "ANSI codes in a log file"
+    );
     for dir in partition_dirs(data.path()) {
         assert!(
             dir.join(".clean-shutdown").exists(),

@@ -149,7 +149,9 @@ async fn control_and_transactional_bits_are_refused_from_producers() {
     let mut stamped = batch("y", 1, 8, now_ms());
     stamped[0..8].copy_from_slice(&77u64.to_le_bytes());
     stamped[12..16].copy_from_slice(&0xdead_beefu32.to_le_bytes());
-    log.produce(produce("t", 0, stamped.freeze())).await.unwrap();
+    log.produce(produce("t", 0, stamped.freeze()))
+        .await
+        .unwrap();
     let fetched = log
         .fetch(pb::FetchRequest {
             topic: "t".into(),
