@@ -307,6 +307,11 @@ impl Partition {
         Ok(self.log.close()?)
     }
 
+    /// Stops the log without syncing anything, its topic being deleted (blocking).
+    pub fn discard(&self) {
+        self.log.discard();
+    }
+
     /// First offset retained.
     pub fn earliest_offset(&self) -> u64 {
         self.log.earliest_offset()

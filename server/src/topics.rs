@@ -475,10 +475,9 @@ impl Topics {
         // Drop the metadata first: a crash half-way leaves a directory that is not a topic.
         let meta = topic.dir.join(META_FILE);
         std::fs::remove_file(&meta).map_err(|e| Error::io("unlink", &meta, e))?;
+        // Its data is going: stop the logs without spending syncs on them.
         for partition in &topic.partitions {
-            if let Err(error) = partition.close() {
-                tracing::warn!(topic = name, partition = partition.id(), %error, "closing deleted partition");
-            }
+            partition.discard();
         }
         std::fs::remove_dir_all(&topic.dir).map_err(|e| Error::io("remove", &topic.dir, e))?;
         tracing::info!(topic = name, "deleted topic");

@@ -235,3 +235,27 @@ fn a_failed_seal_on_roll_poisons_the_log() {
     drop(log);
     drop(store);
 }
+
+#[test]
+fn a_discarded_log_refuses_writes_and_leaves_no_clean_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let log = store
+        .open_log("doomed", small_config(Durability::Always))
+        .unwrap();
+    log.append(&mut batch(0, 2, 10, 1)).unwrap();
+    log.flush().unwrap();
+    log.discard();
+    assert!(matches!(
+        log.append(&mut batch(1, 1, 10, 1)),
+        Err(Error::Closed { .. })
+    ));
+    // What was readable stays readable while its slices live; no sync or marker was spent.
+    assert_eq!(
+        common::records(&log.read(0, 1 << 20).unwrap().batches).len(),
+        2
+    );
+    assert!(!dir.path().join("doomed/.clean-shutdown").exists());
+    drop(log);
+    store.close().unwrap();
+}

@@ -302,6 +302,17 @@ impl Log {
     }
 }
 
+impl Log {
+    /// Stops the log without making anything durable, for a log whose files are about to be
+    /// deleted (its topic is): later appends fail as after `close`, reads of what is mapped go
+    /// on until their slices drop, and no sync, truncation or marker is spent on it.
+    pub fn discard(&self) {
+        let _writer = self.lock_writer();
+        self.closed.store(true, Ordering::Release);
+        self.shared.cache.remove_log(self.id);
+    }
+}
+
 impl Drop for Log {
     /// Releases the log's cached files. Dropping without [`Log::close`] is like a crash: the
     /// next open recovers the tail.
