@@ -208,6 +208,30 @@ pub fn decode(batches: &[u8]) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// A Produce of `batch` to `topic`/`partition`.
+pub fn produce_request(
+    topic: &str,
+    partition: u32,
+    batch: impl Into<bytes::Bytes>,
+) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: topic.into(),
+        partition,
+        batch: batch.into(),
+    }
+}
+
+/// A Fetch of `topic`/`partition` from `offset`: the default size, no waiting.
+pub fn fetch_request(topic: &str, partition: u32, offset: u64) -> pb::FetchRequest {
+    pb::FetchRequest {
+        topic: topic.into(),
+        partition,
+        offset,
+        max_bytes: 0,
+        max_wait_ms: 0,
+    }
+}
+
 /// Creates a topic with the given config, panicking on error.
 pub async fn create_topic(
     broker: &TestBroker,

@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sluice_proto::v1 as pb;
-use sluice_tests::{TestBroker, batch, create_topic, decode, expect_status, now_ms};
+use sluice_tests::{
+    TestBroker, batch, create_topic, decode, expect_status, now_ms, produce_request as produce,
+};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -21,14 +23,6 @@ async fn create_error(
         })
         .await
         .unwrap_err()
-}
-
-fn produce(topic: &str, partition: u32, batch: bytes::BytesMut) -> pb::ProduceRequest {
-    pb::ProduceRequest {
-        topic: topic.into(),
-        partition,
-        batch: batch.freeze(),
-    }
 }
 
 #[tokio::test]

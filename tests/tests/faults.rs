@@ -5,16 +5,10 @@
 
 use sluice_proto::v1 as pb;
 use sluice_server::{Env, FaultOp, Faults};
-use sluice_tests::{TestBroker, batch, create_topic, decode, expect_status, now_ms};
+use sluice_tests::{
+    TestBroker, batch, create_topic, decode, expect_status, now_ms, produce_request as produce,
+};
 use tonic::Code;
-
-fn produce(topic: &str, partition: u32, batch: bytes::BytesMut) -> pb::ProduceRequest {
-    pb::ProduceRequest {
-        topic: topic.into(),
-        partition,
-        batch: batch.freeze(),
-    }
-}
 
 async fn read_all(broker: &TestBroker, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>)> {
     let fetched = broker

@@ -4,18 +4,12 @@
 
 use sluice_proto::v1 as pb;
 use sluice_storage::format::BatchBuilder;
-use sluice_tests::{TestBroker, batch, create_topic, expect_status, now_ms};
+use sluice_tests::{
+    TestBroker, batch, create_topic, expect_status, now_ms, produce_request as produce,
+};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-fn produce(topic: &str, partition: u32, batch: bytes::Bytes) -> pb::ProduceRequest {
-    pb::ProduceRequest {
-        topic: topic.into(),
-        partition,
-        batch,
-    }
-}
 
 #[tokio::test]
 async fn subscriptions_and_long_polls_end_with_not_found_when_their_topic_is_deleted() {

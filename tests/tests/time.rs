@@ -5,7 +5,7 @@
 
 use sluice_proto::v1 as pb;
 use sluice_server::{Clock, Env};
-use sluice_tests::{TestBroker, batch, create_topic};
+use sluice_tests::{TestBroker, batch, create_topic, produce_request as produce};
 use std::time::Duration;
 
 /// Wall-clock start of the tests' clock: 2026-01-01T00:00:00Z.
@@ -17,14 +17,6 @@ async fn paused_broker(tweak: impl FnOnce(&mut sluice_server::Config)) -> TestBr
         ..Env::default()
     };
     TestBroker::start_env(None, env, tweak).await
-}
-
-fn produce(topic: &str, batch: bytes::BytesMut) -> pb::ProduceRequest {
-    pb::ProduceRequest {
-        topic: topic.into(),
-        partition: 0,
-        batch: batch.freeze(),
-    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -44,9 +36,13 @@ async fn retention_by_age_follows_the_broker_clock() {
     .await;
     let mut log = broker.log().await;
     for i in 0..20 {
-        log.produce(produce("events", batch(&format!("b{i}"), 4, 200, START_MS)))
-            .await
-            .unwrap();
+        log.produce(produce(
+            "events",
+            0,
+            batch(&format!("b{i}"), 4, 200, START_MS),
+        ))
+        .await
+        .unwrap();
     }
     let mut admin = broker.admin().await;
     let describe = |admin: &mut pb::admin_client::AdminClient<_>| {
