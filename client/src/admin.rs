@@ -7,14 +7,31 @@
 use std::time::Duration;
 
 use sluice_proto::v1::{
-    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest,
-    admin_client::AdminClient,
+    CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest,
+    DescribeTopicRequest, ListGroupsRequest, ListTopicsRequest, ResetGroupOffsetsRequest,
+    admin_client::AdminClient, reset_group_offsets_request,
 };
 use tonic::transport::Channel;
 
 pub use sluice_proto::v1::{
-    FsyncPolicy, PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
+    DescribeGroupResponse as GroupDescription, FsyncPolicy, GroupMember, GroupPartition,
+    GroupSummary, PartitionDescription, PartitionOffset, TopicConfig, TopicDescription,
+    TopicPartitions, TopicSummary,
 };
+
+/// Where [`Admin::reset_group_offsets`] moves a group's committed offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResetTo {
+    /// Each partition's earliest offset (replay everything retained).
+    Earliest,
+    /// Each partition's end (skip everything so far).
+    Latest,
+    /// This offset, clamped to each partition's range.
+    Offset(u64),
+    /// The first offset appended at or after this time, ms since the Unix epoch.
+    Timestamp(i64),
+}
 
 use crate::config::ConnectionConfig;
 use crate::connection::{self, Idempotency, RetryPolicy};
@@ -136,6 +153,83 @@ impl Admin {
             topic: name.to_owned(),
             what: "no topic description".to_owned(),
         })
+    }
+
+    /// Groups with members or committed offsets, with their live member counts.
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
+        let response = self
+            .call(
+                "list groups",
+                "",
+                Idempotency::Idempotent,
+                |mut client, request| async move { client.list_groups(request).await },
+                ListGroupsRequest {},
+            )
+            .await?;
+        Ok(response.groups)
+    }
+
+    /// A group's members, assignments, and committed offset, log end and lag per partition.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let request = DescribeGroupRequest {
+            group: group.to_owned(),
+        };
+        self.call(
+            "describe group",
+            group,
+            Idempotency::Idempotent,
+            |mut client, request| async move { client.describe_group(request).await },
+            request,
+        )
+        .await
+    }
+
+    /// Moves `group`'s committed offsets on `topic` (refused while the group has live
+    /// members); returns the offsets set.
+    pub async fn reset_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+    ) -> Result<Vec<PartitionOffset>> {
+        use reset_group_offsets_request::To;
+        let to = match to {
+            ResetTo::Earliest => To::Earliest(true),
+            ResetTo::Latest => To::Latest(true),
+            ResetTo::Offset(offset) => To::Offset(offset),
+            ResetTo::Timestamp(ms) => To::TimestampMs(ms),
+        };
+        let request = ResetGroupOffsetsRequest {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            to: Some(to),
+        };
+        let response = self
+            .call(
+                "reset offsets of group",
+                group,
+                Idempotency::Idempotent,
+                |mut client, request| async move { client.reset_group_offsets(request).await },
+                request,
+            )
+            .await?;
+        Ok(response.offsets)
+    }
+
+    /// Deletes `group`'s committed offsets and membership (refused while it has live members).
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let request = DeleteGroupRequest {
+            group: group.to_owned(),
+        };
+        self.call(
+            "delete group",
+            group,
+            Idempotency::NonIdempotent,
+            |mut client, request| async move { client.delete_group(request).await },
+            request,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Sends `request` with the retry policy and timeout; a failure names `operation` and

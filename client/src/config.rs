@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use crate::connection::RetryPolicy;
+use crate::consumer::OffsetReset;
 use crate::error::{Error, Result};
 use crate::partitioner::Partitioner;
 
@@ -349,6 +350,18 @@ pub struct ConsumerConfig {
     pub retry: RetryPolicy,
     /// Time one request may take, the long poll included. Default 30 s; 1 ms ..= 10 min.
     pub request_timeout: Duration,
+    /// With `subscribe`: the broker removes the member if no heartbeat arrives for this long
+    /// (heartbeats run in the background). Default 30 s; 1 s ..= 5 min.
+    pub session_timeout: Duration,
+    /// With `subscribe`: commit positions this often during `poll` (and on revocation and
+    /// close). `None`: only when the application calls `commit`. Default 5 s; 10 ms ..= 1 h.
+    pub auto_commit: Option<Duration>,
+    /// With `subscribe`: where a newly assigned partition starts when the group never
+    /// committed it. Default earliest.
+    pub reset: OffsetReset,
+    /// A name for this client, shown by `sluice group describe`. Default `sluice-client`;
+    /// at most 249 bytes.
+    pub client_id: String,
 }
 
 impl Default for ConsumerConfig {
@@ -362,6 +375,10 @@ impl Default for ConsumerConfig {
             max_concurrent_fetches: 64,
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(30),
+            auto_commit: Some(Duration::from_secs(5)),
+            reset: OffsetReset::Earliest,
+            client_id: "sluice-client".to_owned(),
         }
     }
 }
@@ -435,10 +452,59 @@ impl ConsumerConfig {
         self
     }
 
+    /// Sets [`session_timeout`](Self::session_timeout).
+    #[must_use]
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// Sets [`auto_commit`](Self::auto_commit).
+    #[must_use]
+    pub fn auto_commit(mut self, every: Option<Duration>) -> Self {
+        self.auto_commit = every;
+        self
+    }
+
+    /// Sets [`reset`](Self::reset).
+    #[must_use]
+    pub fn reset(mut self, reset: OffsetReset) -> Self {
+        self.reset = reset;
+        self
+    }
+
+    /// Sets [`client_id`](Self::client_id).
+    #[must_use]
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
     /// Rejects values out of their documented bounds, naming the field and the value.
     pub fn validate(&self) -> Result<()> {
         self.connection.validate()?;
         self.retry.validate()?;
+        check_duration(
+            "session_timeout",
+            self.session_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        )?;
+        if let Some(every) = self.auto_commit {
+            check_duration(
+                "auto_commit",
+                every,
+                Duration::from_millis(10),
+                Duration::from_secs(3600),
+            )?;
+        }
+        if self.client_id.len() > 249 {
+            return Err(invalid(
+                "client_id",
+                &self.client_id,
+                "must be at most 249 bytes",
+            ));
+        }
         if let Some(group) = &self.group
             && let Some(reason) = sluice_proto::limits::group_problem(group)
         {

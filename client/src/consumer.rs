@@ -35,6 +35,7 @@ use tonic::transport::Channel;
 use crate::config::ConsumerConfig;
 use crate::connection::{self, Idempotency, RetryPolicy};
 use crate::error::{Error, Result};
+use crate::group::{Member, Rebalance};
 
 /// Where a partition's reading starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,14 +104,29 @@ pub struct ConsumedRecord {
 /// ```
 #[derive(Debug)]
 pub struct Consumer {
-    config: ConsumerConfig,
+    pub(crate) config: ConsumerConfig,
     log: LogClient<Channel>,
-    groups: GroupsClient<Channel>,
+    pub(crate) groups: GroupsClient<Channel>,
     /// Topic → partition → position (the next offset to read).
     positions: BTreeMap<Arc<str>, BTreeMap<u32, u64>>,
     /// Index of the partition the next poll fetches first, so that a poll cut short by
     /// `max_poll_bytes` does not starve the partitions after it.
     cursor: usize,
+    /// The group membership, after `subscribe` (group.rs).
+    pub(crate) member: Option<Member>,
+    /// Told of every assignment change.
+    pub(crate) listener: Option<Listener>,
+    /// When positions were last auto-committed.
+    pub(crate) committed_at: tokio::time::Instant,
+}
+
+/// A rebalance listener (a newtype, so the consumer can derive `Debug`).
+pub(crate) struct Listener(pub(crate) Box<dyn FnMut(&Rebalance) + Send + Sync>);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listener")
+    }
 }
 
 /// An assigned partition in a poll.
@@ -153,6 +169,9 @@ impl Consumer {
             config,
             positions: BTreeMap::new(),
             cursor: 0,
+            member: None,
+            listener: None,
+            committed_at: tokio::time::Instant::now(),
         })
     }
 
@@ -223,6 +242,10 @@ impl Consumer {
     /// Cancel safe: positions move only when a poll returns `Ok`, so a poll dropped midway
     /// (say, raced against a timeout) loses nothing; its records are fetched again.
     pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>> {
+        if self.member.is_some() {
+            self.follow_assignment().await?;
+            self.auto_commit().await?;
+        }
         let order: Vec<Slot> = self
             .positions
             .iter()
@@ -240,7 +263,16 @@ impl Consumer {
             })
             .collect();
         if order.is_empty() {
-            tokio::time::sleep(self.config.max_wait).await;
+            // Nothing to read: wait, but wake for a new assignment.
+            match &self.member {
+                Some(member) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.max_wait) => {}
+                        _ = member.changed() => {}
+                    }
+                }
+                None => tokio::time::sleep(self.config.max_wait).await,
+            }
             return Ok(Vec::new());
         }
         let start = self.cursor % order.len();
@@ -348,30 +380,58 @@ impl Consumer {
         Ok(())
     }
 
-    /// Commits `(partition, next offset to read)` pairs of `topic` for the configured group.
+    /// Commits `(partition, next offset to read)` pairs of `topic` for the configured group
+    /// (as its member, after `subscribe`: a member whose generation moved on since the last
+    /// heartbeat retries once with the new one).
     pub async fn commit_offsets(&self, topic: &str, offsets: &[(u32, u64)]) -> Result<()> {
         let group = self.group("commit")?;
-        let request = CommitOffsetsRequest {
-            group: group.to_owned(),
-            topic: topic.to_owned(),
-            offsets: offsets
-                .iter()
-                .map(|&(partition, offset)| PartitionOffset {
-                    partition,
-                    offset,
-                    metadata: String::new(),
-                })
-                .collect(),
-        };
-        let timeout = self.config.request_timeout;
-        connection::with_retry(&self.config.retry, Idempotency::Idempotent, timeout, || {
-            let mut groups = self.groups.clone();
-            let request = connection::request(request.clone(), timeout);
-            async move { groups.commit_offsets(request).await }
-        })
-        .await
-        .map_err(|f| Error::broker("commit offsets of", topic, None, &f.status, f.attempts))?;
-        Ok(())
+        let mut identity = self.member.as_ref().map(Member::identity);
+        loop {
+            let (member_id, generation) = identity.clone().unwrap_or_default();
+            let request = CommitOffsetsRequest {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                offsets: offsets
+                    .iter()
+                    .map(|&(partition, offset)| PartitionOffset {
+                        partition,
+                        offset,
+                        metadata: String::new(),
+                    })
+                    .collect(),
+                member_id,
+                generation,
+            };
+            let timeout = self.config.request_timeout;
+            let committed = connection::with_retry(
+                &self.config.retry,
+                Idempotency::Idempotent,
+                timeout,
+                || {
+                    let mut groups = self.groups.clone();
+                    let request = connection::request(request.clone(), timeout);
+                    async move { groups.commit_offsets(request).await }
+                },
+            )
+            .await;
+            match committed {
+                Ok(_) => return Ok(()),
+                Err(f) => {
+                    let newer = self.member.as_ref().map(Member::identity);
+                    if f.status.code() == Code::FailedPrecondition && newer != identity {
+                        identity = newer;
+                        continue;
+                    }
+                    return Err(Error::broker(
+                        "commit offsets of",
+                        topic,
+                        None,
+                        &f.status,
+                        f.attempts,
+                    ));
+                }
+            }
+        }
     }
 
     /// The group's committed offsets of `partitions` of `topic` (every partition if empty), as
@@ -403,7 +463,7 @@ impl Consumer {
             .collect())
     }
 
-    fn group(&self, operation: &'static str) -> Result<&str> {
+    pub(crate) fn group(&self, operation: &'static str) -> Result<&str> {
         self.config
             .group
             .as_deref()

@@ -20,6 +20,7 @@ pub mod config;
 pub mod connection;
 mod consumer;
 mod error;
+mod group;
 pub mod partitioner;
 mod producer;
 
@@ -28,6 +29,7 @@ pub use config::{ConnectionConfig, ConsumerConfig, ProducerConfig};
 pub use connection::{Idempotency, RetryPolicy};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartFrom};
 pub use error::{Error, Result};
+pub use group::{Rebalance, TopicPartition};
 pub use partitioner::Partitioner;
 pub use producer::{BatchMetadata, DeliveryFuture, Producer, ProducerRecord, RecordMetadata};
 pub use sluice_storage::format::{BatchBuilder, BatchView, FormatError, Header, Record};

@@ -239,6 +239,34 @@ impl Log for Fake {
 
 #[tonic::async_trait]
 impl Admin for Fake {
+    async fn list_groups(
+        &self,
+        _: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        Err(Status::unimplemented("the fake broker has no groups"))
+    }
+
+    async fn describe_group(
+        &self,
+        _: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        Err(Status::unimplemented("the fake broker has no groups"))
+    }
+
+    async fn reset_group_offsets(
+        &self,
+        _: Request<ResetGroupOffsetsRequest>,
+    ) -> Result<Response<ResetGroupOffsetsResponse>, Status> {
+        Err(Status::unimplemented("the fake broker has no groups"))
+    }
+
+    async fn delete_group(
+        &self,
+        _: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("the fake broker has no groups"))
+    }
+
     async fn create_topic(
         &self,
         _request: Request<CreateTopicRequest>,
@@ -294,6 +322,21 @@ impl Admin for Fake {
 
 #[tonic::async_trait]
 impl Groups for Fake {
+    async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        Err(Status::unimplemented("the fake broker has no membership"))
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Err(Status::unimplemented("the fake broker has no membership"))
+    }
+
+    async fn leave(&self, _: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
+        Err(Status::unimplemented("the fake broker has no membership"))
+    }
+
     async fn commit_offsets(
         &self,
         request: Request<CommitOffsetsRequest>,

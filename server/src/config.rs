@@ -58,9 +58,13 @@ pub struct Config {
     /// How often retention runs over all partitions (and committed offsets are compacted),
     /// ms. Default 30000; 100 ..= 86400000.
     pub retention_check_interval_ms: u64,
-    /// Segment size of the internal `__consumer_offsets` topic when it is created; compaction
-    /// frees whole segments. Default 64 MiB; 4 KiB ..= 1 GiB.
+    /// Segment size of the internal `__consumer_offsets` and `__consumer_groups` topics when
+    /// they are created; compaction frees whole segments. Default 64 MiB; 4 KiB ..= 1 GiB.
     pub offsets_segment_bytes: u64,
+    /// How often group members are told to heartbeat (at most a third of their session
+    /// timeout), ms: a rebalance reaches members within about two of these. Default 3000;
+    /// 10 ..= 60000.
+    pub group_heartbeat_interval_ms: u32,
 }
 
 impl Default for Config {
@@ -85,6 +89,7 @@ impl Default for Config {
             max_fetch_wait_ms: 30_000,
             retention_check_interval_ms: 30_000,
             offsets_segment_bytes: 64 << 20,
+            group_heartbeat_interval_ms: 3000,
         }
     }
 }
@@ -216,6 +221,13 @@ impl Config {
             100,
             86_400_000,
             "must be within 100..=86400000",
+        )?;
+        check(
+            "group_heartbeat_interval_ms",
+            self.group_heartbeat_interval_ms,
+            10,
+            60_000,
+            "must be within 10..=60000",
         )?;
         check(
             "offsets_segment_bytes",

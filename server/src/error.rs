@@ -61,6 +61,29 @@ pub enum Error {
         /// When to retry.
         retry_after_ms: u32,
     },
+    /// A group member that is not (or no longer) in its group.
+    #[error(
+        "unknown member {member:?} of group {group:?} (it left or its session expired): join again"
+    )]
+    UnknownMember {
+        /// The group.
+        group: String,
+        /// The member id.
+        member: String,
+    },
+    /// A group the broker does not know.
+    #[error("unknown group {group:?}")]
+    UnknownGroup {
+        /// The group.
+        group: String,
+    },
+    /// A request from a fenced party (a stale generation, a member that left, a commit from
+    /// outside a group with live members, live members in the way of a reset).
+    #[error("{reason}")]
+    Fenced {
+        /// What was fenced, and by what.
+        reason: String,
+    },
     /// A pre-append check found that a concurrent write changed what it relied on; nothing
     /// was written, and the caller may retry.
     #[error("conflict: {what} ({keys} keys)")]

@@ -41,8 +41,8 @@ use tonic::transport::Server;
 pub struct Broker {
     /// Topics and their partitions.
     pub topics: topics::Topics,
-    /// Committed group offsets.
-    pub offsets: groups::Offsets,
+    /// Consumer groups: membership and committed offsets.
+    pub groups: groups::Groups,
     /// The configuration.
     pub config: Config,
     /// The broker's clock.
@@ -95,11 +95,15 @@ pub async fn run(
                 config.retry_after_ms,
             ));
             let topics = topics::Topics::open(store, limiter)?;
-            let offsets =
-                groups::Offsets::open(&topics, config.offsets_segment_bytes, clock.clone())?;
+            let groups = groups::Groups::open(
+                &topics,
+                config.offsets_segment_bytes,
+                config.group_heartbeat_interval_ms,
+                clock.clone(),
+            )?;
             Ok(Arc::new(Broker {
                 topics,
-                offsets,
+                groups,
                 config,
                 clock,
                 shutdown: stop,
@@ -129,6 +133,11 @@ pub async fn run(
     };
 
     let retention = tokio::spawn(run_retention(Arc::clone(&broker), stop.clone()));
+    let expiry = tokio::spawn({
+        let broker = Arc::clone(&broker);
+        let stop = stop.clone();
+        async move { broker.groups.run_expiry(&broker.topics, stop).await }
+    });
     let http_server = tokio::spawn({
         let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
         let stop = stop.clone();
@@ -205,6 +214,7 @@ pub async fn run(
     }
     let _ = http_server.await;
     let _ = retention.await;
+    let _ = expiry.await;
 
     tracing::info!("closing partitions");
     let closed = error::blocking(move || {
@@ -235,7 +245,7 @@ async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         {
             tracing::warn!(%error, "retention pass failed");
         }
-        if let Err(error) = broker.offsets.compact().await {
+        if let Err(error) = broker.groups.compact().await {
             tracing::warn!(%error, "compacting committed offsets failed");
         }
     }

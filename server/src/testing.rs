@@ -70,6 +70,37 @@ impl TestBroker {
         };
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(grpc, http, data_dir, dir, env, tweak)
+    }
+
+    /// Stops the broker and starts another on the same data directory and the same
+    /// addresses, so connected clients reconnect to it (a broker restart as clients see it).
+    pub async fn restart(mut self, env: Env, tweak: impl FnOnce(&mut Config)) -> Self {
+        self.shutdown().await.expect("broker ran cleanly");
+        let bind = |addr: SocketAddr| async move {
+            // The old listener is closed; its port is free to bind again (SO_REUSEADDR).
+            tokio::net::TcpListener::bind(addr).await.unwrap()
+        };
+        let grpc = bind(self.addr).await;
+        let http = bind(self.http_addr).await;
+        Self::start_on(
+            grpc,
+            http,
+            self.data_dir.clone(),
+            self.dir.take(),
+            env,
+            tweak,
+        )
+    }
+
+    fn start_on(
+        grpc: tokio::net::TcpListener,
+        http: tokio::net::TcpListener,
+        data_dir: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        env: Env,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let addr = grpc.local_addr().unwrap();
         let http_addr = http.local_addr().unwrap();
         let mut config = Config {

@@ -268,3 +268,120 @@ async fn serve_prints_its_config_in_the_config_file_format() {
     );
     assert!(out.contains("handshake_timeout_ms = 10000"), "{out}");
 }
+
+#[tokio::test]
+async fn consumers_in_a_group_share_a_topic_and_the_group_can_be_inspected_and_replayed() {
+    let broker = TestBroker::start_with(|c| c.group_heartbeat_interval_ms = 100).await;
+    let addr = broker.addr.to_string();
+    let (ok, _, err) = sluice(
+        &broker,
+        &["topic", "create", "shared", "--partitions", "4"],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let lines: String = (0..40).map(|i| format!("v{i}\n")).collect();
+    let (ok, _, err) = sluice(&broker, &["produce", "shared"], &lines).await;
+    assert!(ok, "{err}");
+
+    // Two members follow the topic; the broker gives each its share.
+    let spawn_member = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["consume", "shared", "--group", "g", "--follow"])
+            .env("SLUICE_BROKER", &addr)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn_member();
+    let second = spawn_member();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out, err) = sluice(&broker, &["group", "describe", "g"], "").await;
+        // Settled: two members, and every partition owned by one of them.
+        let rows: Vec<&str> = out
+            .lines()
+            .filter(|l| l.trim_start().starts_with("shared"))
+            .collect();
+        let settled = ok
+            && out.contains("members 2")
+            && rows.len() == 4
+            && rows.iter().all(|l| !l.ends_with(" -"));
+        if settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group never settled:\n{out}{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SIGTERM: each commits and leaves, exiting successfully.
+    let mut outputs = Vec::new();
+    for child in [first, second] {
+        let pid = child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("a member exits after SIGTERM")
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        outputs.push(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let mut values: Vec<&str> = outputs.iter().flat_map(|o| o.lines()).collect();
+    values.sort_unstable();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(values, expected, "each record read once, by one of the two");
+
+    let (ok, out, err) = sluice(&broker, &["group", "list"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "g\t0");
+    let (ok, out, err) = sluice(&broker, &["group", "describe", "g"], "").await;
+    assert!(ok, "{err}");
+    assert!(out.contains("members 0"), "{out}");
+    let lags: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("shared"))
+        .collect();
+    assert_eq!(lags.len(), 4, "{out}");
+    assert!(
+        lags.iter()
+            .all(|l| l.split_whitespace().nth(4) == Some("0")),
+        "{out}"
+    );
+
+    // Replay: move the group back to the start and read everything again as a member.
+    let (ok, out, err) = sluice(
+        &broker,
+        &[
+            "group", "reset", "g", "--topic", "shared", "--to", "earliest",
+        ],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let (ok, out, err) = sluice(&broker, &["consume", "shared", "--group", "g"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 40, "{out}");
+    let (ok, _, err) = sluice(&broker, &["group", "delete", "g"], "").await;
+    assert!(ok, "{err}");
+    let (ok, out, _) = sluice(&broker, &["group", "list"], "").await;
+    assert!(ok);
+    assert_eq!(out.trim(), "");
+    let (ok, _, err) = sluice(&broker, &["group", "describe", "g"], "").await;
+    assert!(!ok);
+    assert!(err.contains("unknown group \"g\""), "{err}");
+    broker.stop().await;
+}

@@ -5,7 +5,7 @@ use super::BrokerArgs;
 use anyhow::Context;
 use clap::Args;
 use sluice_client::admin::PartitionDescription;
-use sluice_client::{Consumer, ConsumerConfig, StartFrom};
+use sluice_client::{Consumer, ConsumerConfig, OffsetReset, StartFrom};
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -28,7 +28,10 @@ pub struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long)]
     count: Option<u64>,
-    /// Consumer group: start from its committed offsets where it has them, commit when done.
+    /// Consumer group: join it as a member (the broker assigns this consumer its share of the
+    /// partitions; several `consume --group` share a topic), start where the group committed,
+    /// commit and leave when done or on SIGINT/SIGTERM. With --partition: read that partition
+    /// from the group's committed offset and commit it (refused while the group has members).
     #[arg(long)]
     group: Option<String>,
     /// Print "partition/offset key value" instead of the value alone.
@@ -124,55 +127,79 @@ pub async fn run(args: ConsumeArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
             described.partitions.len()
         );
     }
-    let mut config = ConsumerConfig::new().connection(broker.connection());
+    // With a group and no --partition, the consumer is a member: the broker assigns its share.
+    let member = args.group.is_some() && args.partition.is_none();
+    let mut config = ConsumerConfig::new()
+        .connection(broker.connection())
+        .client_id("sluice-cli");
     if let Some(group) = &args.group {
         config = config.group(group.clone());
+    }
+    if member {
+        config = config.reset(match from {
+            From::Earliest => OffsetReset::Earliest,
+            From::Latest => OffsetReset::Latest,
+            _ => anyhow::bail!(
+                "with --group (as a member), --from must be earliest or latest: where the group committed decides the rest (use --partition to read from an offset or time)"
+            ),
+        });
     }
     let mut consumer = Consumer::connect(config)
         .await
         .with_context(|| format!("connecting a consumer to {}", broker.broker))?;
-    let committed: HashMap<u32, u64> = match &args.group {
-        Some(_) => {
-            let ids: Vec<u32> = partitions.iter().map(|p| p.partition).collect();
-            consumer
-                .committed(&args.topic, &ids)
-                .await?
-                .into_iter()
-                .filter_map(|(partition, offset)| Some((partition, offset?)))
-                .collect()
-        }
-        None => HashMap::new(),
-    };
     // Where "the end of the log" is for a non-following consume: the ends at start.
-    let mut ends = HashMap::new();
-    let several = partitions.len() > 1;
-    for p in &partitions {
-        let start = match committed.get(&p.partition) {
-            Some(&offset) => StartFrom::Offset(offset),
-            None => {
-                let (start, note) = start_of(from, p, several);
-                if let Some(note) = note {
-                    eprintln!("{note}");
-                }
-                start
+    let ends: HashMap<u32, u64> = partitions
+        .iter()
+        .map(|p| (p.partition, p.latest_offset))
+        .collect();
+    if member {
+        consumer.subscribe(&[args.topic.as_str()]).await?;
+    } else {
+        let committed: HashMap<u32, u64> = match &args.group {
+            Some(_) => {
+                let ids: Vec<u32> = partitions.iter().map(|p| p.partition).collect();
+                consumer
+                    .committed(&args.topic, &ids)
+                    .await?
+                    .into_iter()
+                    .filter_map(|(partition, offset)| Some((partition, offset?)))
+                    .collect()
             }
+            None => HashMap::new(),
         };
-        consumer.assign(&args.topic, p.partition, start).await?;
-        ends.insert(p.partition, p.latest_offset);
+        let several = partitions.len() > 1;
+        for p in &partitions {
+            let start = match committed.get(&p.partition) {
+                Some(&offset) => StartFrom::Offset(offset),
+                None => {
+                    let (start, note) = start_of(from, p, several);
+                    if let Some(note) = note {
+                        eprintln!("{note}");
+                    }
+                    start
+                }
+            };
+            consumer.assign(&args.topic, p.partition, start).await?;
+        }
     }
+    // SIGINT or SIGTERM ends the consume as the end of the log would: commit, leave.
+    let mut interrupted = std::pin::pin!(super::interrupted());
     let mut printed = 0u64;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     'poll: loop {
-        if !args.follow
-            && ends.iter().all(|(&partition, &end)| {
-                consumer
-                    .position(&args.topic, partition)
-                    .is_none_or(|position| position >= end)
-            })
-        {
+        let at_end = consumer.assignment().iter().all(|(_, partition)| {
+            let end = ends.get(partition).copied().unwrap_or(0);
+            consumer
+                .position(&args.topic, *partition)
+                .is_none_or(|position| position >= end)
+        });
+        if !args.follow && at_end {
             break;
         }
-        let records = consumer.poll().await?;
+        let records = tokio::select! {
+            polled = consumer.poll() => polled?,
+            () = &mut interrupted => break,
+        };
         for record in records {
             if !args.follow
                 && ends
@@ -205,7 +232,9 @@ pub async fn run(args: ConsumeArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(out);
-    if args.group.is_some() {
+    if member {
+        consumer.close().await?;
+    } else if args.group.is_some() {
         consumer.commit().await?;
     }
     Ok(())

@@ -5,6 +5,7 @@
 
 mod bench;
 mod consume;
+mod group;
 mod produce;
 mod topic;
 
@@ -23,6 +24,8 @@ pub enum ClientCommand {
     Consume(consume::ConsumeArgs),
     /// Load-generate: producers and consumers, then a throughput and latency summary.
     Bench(bench::BenchArgs),
+    /// List, describe, reset or delete consumer groups.
+    Group(group::GroupArgs),
 }
 
 /// Where the broker is: a global flag, accepted before or after any subcommand.
@@ -51,6 +54,29 @@ impl BrokerArgs {
             .await
             .map_err(|e| anyhow::anyhow!("{e}: {}", error_chain(&e)))
     }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn interrupted() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let mut terminate = match terminate {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }
 
 /// `always`, `interval` or `never`, as `--fsync` takes it.
@@ -83,5 +109,6 @@ pub async fn run(command: ClientCommand, broker: &BrokerArgs) -> anyhow::Result<
         ClientCommand::Produce(args) => produce::run(args, broker).await,
         ClientCommand::Consume(args) => consume::run(args, broker).await,
         ClientCommand::Bench(args) => bench::run(args, broker).await,
+        ClientCommand::Group(args) => group::run(args, broker).await,
     }
 }

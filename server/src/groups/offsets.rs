@@ -32,7 +32,7 @@ use bytes::Bytes;
 use sluice_storage::Durability;
 use sluice_storage::format::{BatchBuilder, BatchView};
 use sluice_storage::replay::StateMachine;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Name of the internal topic.
@@ -136,6 +136,13 @@ impl StateMachine for OffsetsState {
 
     fn apply(&mut self, batch: &BatchView<'_>) -> Result<()> {
         for record in batch.records() {
+            // A null value deletes the key (a deleted group).
+            if record.value.is_none() {
+                if let Some(key) = record.key.and_then(decode_key) {
+                    self.entries.remove(&key);
+                }
+                continue;
+            }
             let decoded = record
                 .key
                 .and_then(decode_key)
@@ -442,6 +449,67 @@ impl Offsets {
             what: "offset commits kept racing a compaction copy; the next pass retries",
             keys: chunk.len(),
         })
+    }
+
+    /// Groups with committed offsets.
+    pub fn groups(&self) -> BTreeSet<String> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.visible.is_some())
+            .map(|((group, _, _), _)| group.clone())
+            .collect()
+    }
+
+    /// Every committed offset of `group`: (topic, partition) → offset.
+    pub fn committed(&self, group: &str) -> BTreeMap<(String, u32), u64> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|((g, _, _), _)| g == group)
+            .filter_map(|((_, topic, partition), e)| {
+                e.visible
+                    .as_ref()
+                    .map(|c| ((topic.clone(), *partition), c.offset))
+            })
+            .collect()
+    }
+
+    /// Deletes every committed offset of `group` (tombstones through the write path); returns
+    /// how many. The caller makes sure no member is committing.
+    pub async fn delete_group(&self, group: &str) -> Result<usize> {
+        let keys: Vec<Key> = self
+            .lock()
+            .entries
+            .keys()
+            .filter(|(g, _, _)| g == group)
+            .cloned()
+            .collect();
+        for chunk in keys.chunks(COMPACT_BATCH_RECORDS) {
+            let mut builder = BatchBuilder::new();
+            for (group, topic, partition) in chunk {
+                let key = encode_key(group, topic, *partition);
+                builder
+                    .push(self.clock.now_ms(), Some(key.as_bytes()), None, &[])
+                    .map_err(sluice_storage::Error::from)?;
+            }
+            let batch = builder
+                .finish()
+                .map_err(sluice_storage::Error::from)?
+                .freeze();
+            let state = Arc::clone(&self.state);
+            let doomed = chunk.to_vec();
+            self.partition
+                .append_checked(batch, Origin::Broker, move |_, _| {
+                    let mut state = lock(&state);
+                    for key in &doomed {
+                        state.entries.remove(key);
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok(keys.len())
     }
 
     /// The committed offsets of `partitions` of `topic` (every partition if empty), each

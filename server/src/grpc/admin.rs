@@ -71,6 +71,70 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
+    async fn list_groups(
+        &self,
+        _request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let groups = self
+            .broker
+            .groups
+            .list()
+            .into_iter()
+            .map(|(group, members)| pb::GroupSummary {
+                group,
+                members: members as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::DescribeGroupResponse>, Status> {
+        let group = request.into_inner().group;
+        let description = self.broker.groups.describe(&self.broker.topics, &group)?;
+        Ok(Response::new(convert::group_description(
+            &group,
+            description,
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, topic = %request.get_ref().topic))]
+    async fn reset_group_offsets(
+        &self,
+        request: Request<pb::ResetGroupOffsetsRequest>,
+    ) -> Result<Response<pb::ResetGroupOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        let to = convert::reset_to(request.to)?;
+        let topic = self.broker.topics.get(&request.topic)?;
+        let offsets = self
+            .broker
+            .groups
+            .reset(&request.group, &topic, to)
+            .await?
+            .into_iter()
+            .map(|(partition, offset)| pb::PartitionOffset {
+                partition,
+                offset,
+                metadata: String::new(),
+            })
+            .collect();
+        Ok(Response::new(pb::ResetGroupOffsetsResponse { offsets }))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        self.broker
+            .groups
+            .delete(&request.into_inner().group)
+            .await?;
+        Ok(Response::new(pb::DeleteGroupResponse {}))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<pb::DescribeTopicRequest>,

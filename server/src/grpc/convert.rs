@@ -2,9 +2,11 @@
 //! one place: domain modules never import protobuf types, handlers call these.
 
 use crate::error::{Error, Result};
+use crate::groups::{DEFAULT_SESSION_TIMEOUT_MS, GroupDescription, Join, ResetTo, TopicPartition};
 use crate::topics::{DEFAULT_FSYNC_INTERVAL_MS, Topic, TopicSettings};
 use sluice_proto::v1 as pb;
 use sluice_storage::Durability;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// The settings a create request's config asks for, defaults filled in and checked; bad
@@ -100,6 +102,96 @@ pub fn topic_description(topic: &Topic) -> pb::TopicDescription {
                 log_end_offset: p.log_end_offset(),
                 size_bytes: p.size_bytes(),
                 segments: p.segment_count() as u32,
+            })
+            .collect(),
+    }
+}
+
+/// A join request as the membership takes it (bounds are checked there).
+pub fn join(request: pb::JoinRequest) -> Join {
+    Join {
+        group: request.group,
+        member_id: (!request.member_id.is_empty()).then_some(request.member_id),
+        topics: request.topics.into_iter().collect(),
+        session_timeout_ms: if request.session_timeout_ms == 0 {
+            DEFAULT_SESSION_TIMEOUT_MS
+        } else {
+            request.session_timeout_ms
+        },
+        client_id: request.client_id,
+    }
+}
+
+/// Partitions grouped by topic, for the wire.
+pub fn topic_partitions<'a>(
+    partitions: impl IntoIterator<Item = &'a TopicPartition>,
+) -> Vec<pb::TopicPartitions> {
+    let mut out: Vec<pb::TopicPartitions> = Vec::new();
+    for (topic, partition) in partitions {
+        match out.last_mut() {
+            Some(last) if &last.topic == topic => last.partitions.push(*partition),
+            _ => out.push(pb::TopicPartitions {
+                topic: topic.clone(),
+                partitions: vec![*partition],
+            }),
+        }
+    }
+    out
+}
+
+/// Partitions from the wire, as a set.
+pub fn partition_set(partitions: &[pb::TopicPartitions]) -> BTreeSet<TopicPartition> {
+    partitions
+        .iter()
+        .flat_map(|tp| tp.partitions.iter().map(|p| (tp.topic.clone(), *p)))
+        .collect()
+}
+
+/// A reset target from the wire.
+pub fn reset_to(to: Option<pb::reset_group_offsets_request::To>) -> Result<ResetTo> {
+    use pb::reset_group_offsets_request::To;
+    match to {
+        Some(To::Earliest(true)) => Ok(ResetTo::Earliest),
+        Some(To::Latest(true)) => Ok(ResetTo::Latest),
+        Some(To::Offset(offset)) => Ok(ResetTo::Offset(offset)),
+        Some(To::TimestampMs(ms)) => Ok(ResetTo::Timestamp(ms)),
+        _ => Err(Error::invalid(
+            "to",
+            "unset",
+            "must be earliest, latest, an offset or a timestamp",
+        )),
+    }
+}
+
+/// A group's description for the wire.
+pub fn group_description(group: &str, description: GroupDescription) -> pb::DescribeGroupResponse {
+    pb::DescribeGroupResponse {
+        group: group.to_owned(),
+        generation: description.generation,
+        last_rebalance_ms: description.last_rebalance_ms,
+        members: description
+            .members
+            .into_iter()
+            .map(|m| pb::GroupMember {
+                member_id: m.member_id,
+                client_id: m.client_id,
+                generation: m.generation,
+                topics: m.topics,
+                assignment: topic_partitions(&m.assignment),
+                session_timeout_ms: m.session_timeout_ms,
+                since_heartbeat_ms: m.since_heartbeat_ms,
+            })
+            .collect(),
+        partitions: description
+            .partitions
+            .into_iter()
+            .map(|p| pb::GroupPartition {
+                topic: p.partition.0,
+                partition: p.partition.1,
+                member_id: p.owner.unwrap_or_default(),
+                committed_offset: p.committed,
+                log_end_offset: p.log_end,
+                lag: p.lag,
             })
             .collect(),
     }

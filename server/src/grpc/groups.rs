@@ -1,6 +1,7 @@
-//! `sluice.v1.Groups`: committed offsets.
+//! `sluice.v1.Groups`: membership (join, heartbeat, leave) and committed offsets.
 
 use crate::Broker;
+use crate::grpc::convert;
 use sluice_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -20,6 +21,64 @@ impl GroupsService {
 
 #[tonic::async_trait]
 impl pb::groups_server::Groups for GroupsService {
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group))]
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let join = convert::join(request.into_inner());
+        let view = self.broker.groups.join(&self.broker.topics, join).await?;
+        Ok(Response::new(pb::JoinResponse {
+            heartbeat_interval_ms: self
+                .broker
+                .groups
+                .heartbeat_interval_ms(view.session_timeout_ms),
+            member_id: view.member_id,
+            generation: view.generation,
+            assignment: convert::topic_partitions(&view.assignment),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, member = %request.get_ref().member_id))]
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let owned = convert::partition_set(&request.owned);
+        let view = self
+            .broker
+            .groups
+            .heartbeat(
+                &request.group,
+                &request.member_id,
+                request.generation,
+                owned,
+            )
+            .await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            generation: view.generation,
+            assignment: convert::topic_partitions(&view.assignment),
+            heartbeat_interval_ms: self
+                .broker
+                .groups
+                .heartbeat_interval_ms(view.session_timeout_ms),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, member = %request.get_ref().member_id))]
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        let request = request.into_inner();
+        self.broker
+            .groups
+            .leave(&self.broker.topics, &request.group, &request.member_id)
+            .await?;
+        Ok(Response::new(pb::LeaveResponse {}))
+    }
+
     #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, topic = %request.get_ref().topic))]
     async fn commit_offsets(
         &self,
@@ -33,8 +92,14 @@ impl pb::groups_server::Groups for GroupsService {
             .map(|c| (c.partition, c.offset, c.metadata))
             .collect();
         self.broker
-            .offsets
-            .commit(&request.group, &topic, offsets)
+            .groups
+            .commit(
+                &request.group,
+                &request.member_id,
+                request.generation,
+                &topic,
+                offsets,
+            )
             .await?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
     }
@@ -47,7 +112,7 @@ impl pb::groups_server::Groups for GroupsService {
         let topic = self.broker.topics.get(&request.topic)?;
         let offsets = self
             .broker
-            .offsets
+            .groups
             .fetch(&request.group, &topic, &request.partitions)?
             .into_iter()
             .map(|(partition, committed)| pb::CommittedOffset {

@@ -12,7 +12,10 @@ impl From<Error> for Status {
         let code = match &error {
             Error::UnknownTopic { .. }
             | Error::UnknownPartition { .. }
-            | Error::TopicDeleted { .. } => Code::NotFound,
+            | Error::TopicDeleted { .. }
+            | Error::UnknownMember { .. }
+            | Error::UnknownGroup { .. } => Code::NotFound,
+            Error::Fenced { .. } => Code::FailedPrecondition,
             Error::TopicExists { .. } => Code::AlreadyExists,
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::Conflict { .. } => Code::Aborted,

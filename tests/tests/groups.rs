@@ -1,0 +1,477 @@
+//! Consumer groups against a real broker on loopback: members share a topic's partitions with
+//! no overlap, rebalances move partitions when a member leaves or freezes, commits of fenced
+//! members are refused, and membership and offsets survive a broker restart.
+//!
+//! The broker's clock follows tokio's paused time, so session timeouts and heartbeat intervals
+//! pass without sleeping; waits on work done by real threads (appends, fsyncs) are bounded in
+//! real time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice_client::{Consumer, ConsumerConfig, Rebalance};
+use sluice_proto::v1 as pb;
+use sluice_server::{Clock, Env};
+use sluice_tests::{TestBroker, batch, create_topic, expect_status, produce_request};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tonic::Code;
+
+const TOPIC: &str = "jobs";
+const PARTITIONS: u32 = 6;
+const START_MS: i64 = 1_767_225_600_000;
+
+/// Who consumed what, and every assignment change, in the order they happened.
+#[derive(Default)]
+struct Journal {
+    consumed: Vec<(u32, u64, usize)>,
+    events: Vec<(usize, Rebalance)>,
+}
+
+type Shared = Arc<Mutex<Journal>>;
+
+async fn paused_broker() -> TestBroker {
+    let env = Env {
+        clock: Clock::follow_tokio(START_MS),
+        ..Env::default()
+    };
+    TestBroker::start_env(None, env, |c| c.group_heartbeat_interval_ms = 200).await
+}
+
+async fn produce_round(broker: &TestBroker, round: u32, per_partition: u32) {
+    let mut log = broker.log().await;
+    for partition in 0..PARTITIONS {
+        log.produce(produce_request(
+            TOPIC,
+            partition,
+            batch(&format!("r{round}p{partition}"), per_partition, 8, START_MS),
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+/// A consumer in the group that records what it reads and its rebalances, polling until told
+/// to stop, then closing (commit and leave).
+fn member(
+    broker: &TestBroker,
+    id: usize,
+    journal: Shared,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let config = ConsumerConfig::new()
+        .broker(broker.addr.to_string())
+        .group("workers")
+        .client_id(format!("c{id}"))
+        .session_timeout(Duration::from_secs(5))
+        .auto_commit(Some(Duration::from_millis(100)))
+        .max_wait(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut consumer = Consumer::connect(config).await.unwrap();
+        let events = Arc::clone(&journal);
+        consumer.on_rebalance(move |event| events.lock().unwrap().events.push((id, event.clone())));
+        consumer.subscribe(&[TOPIC]).await.unwrap();
+        while !*stop.borrow() {
+            tokio::select! {
+                polled = consumer.poll() => {
+                    let records = polled.unwrap();
+                    let mut journal = journal.lock().unwrap();
+                    for record in records {
+                        journal.consumed.push((record.partition, record.offset, id));
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+        }
+        consumer.close().await.unwrap();
+    })
+}
+
+/// Replays the assignment events: no partition is ever held by two consumers at once.
+fn check_no_overlap(events: &[(usize, Rebalance)]) -> BTreeMap<u32, usize> {
+    let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
+    for (id, event) in events {
+        match event {
+            Rebalance::Assigned(partitions) => {
+                for (_, partition) in partitions {
+                    if let Some(other) = owner.insert(*partition, *id) {
+                        panic!("partition {partition} given to c{id} while c{other} held it");
+                    }
+                }
+            }
+            Rebalance::Revoked(partitions) => {
+                for (_, partition) in partitions {
+                    assert_eq!(
+                        owner.remove(partition),
+                        Some(*id),
+                        "c{id} revoked {partition}"
+                    );
+                }
+            }
+            _ => panic!("unknown event {event:?}"),
+        }
+    }
+    owner
+}
+
+/// Waits (advancing paused time, bounded in real time) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn consumed_once(journal: &Journal, expected: usize) -> bool {
+    let distinct: BTreeSet<(u32, u64)> =
+        journal.consumed.iter().map(|(p, o, _)| (*p, *o)).collect();
+    distinct.len() >= expected
+}
+
+#[tokio::test(start_paused = true)]
+async fn members_share_partitions_rebalance_without_overlap_and_fence_the_frozen() {
+    let broker = paused_broker().await;
+    create_topic(&broker, TOPIC, PARTITIONS, pb::TopicConfig::default()).await;
+    produce_round(&broker, 0, 50).await;
+    let journal: Shared = Arc::default();
+    let (stop_all, stopped) = watch::channel(false);
+    let (stop_third, third_stopped) = watch::channel(false);
+    let c0 = member(&broker, 0, Arc::clone(&journal), stopped.clone());
+    let c1 = member(&broker, 1, Arc::clone(&journal), stopped.clone());
+    let c2 = member(&broker, 2, Arc::clone(&journal), third_stopped);
+    until("all 300 records", || {
+        consumed_once(&journal.lock().unwrap(), 300)
+    })
+    .await;
+    until("an even spread", || {
+        let owners = check_no_overlap(&journal.lock().unwrap().events);
+        let mut counts = BTreeMap::new();
+        for id in owners.values() {
+            *counts.entry(*id).or_insert(0) += 1;
+        }
+        owners.len() == 6 && counts.len() == 3 && counts.values().all(|&n| n == 2)
+    })
+    .await;
+
+    // c2 leaves (commit, leave): its partitions move, and what it committed is not read again.
+    stop_third.send(true).unwrap();
+    c2.await.unwrap();
+    produce_round(&broker, 1, 50).await;
+    until("all 600 records", || {
+        consumed_once(&journal.lock().unwrap(), 600)
+    })
+    .await;
+    until("two members own everything", || {
+        let owners = check_no_overlap(&journal.lock().unwrap().events);
+        owners.len() == 6 && owners.values().all(|&id| id < 2)
+    })
+    .await;
+    {
+        let journal = journal.lock().unwrap();
+        let mut seen = BTreeSet::new();
+        for (partition, offset, id) in &journal.consumed {
+            assert!(
+                seen.insert((partition, offset)),
+                "{partition}/{offset} consumed twice (second time by c{id})"
+            );
+        }
+    }
+
+    // A member that joins, takes its share, then freezes: its session expires, its partitions
+    // move back, and its late commit is fenced.
+    let mut groups = broker.groups().await;
+    let joined = groups
+        .join(pb::JoinRequest {
+            group: "workers".into(),
+            member_id: String::new(),
+            topics: vec![TOPIC.into()],
+            session_timeout_ms: 2_000,
+            client_id: "frozen".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut frozen = (joined.generation, joined.assignment);
+    // It heartbeats until it owns its share (reporting it owns what it was given)...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while frozen.1.iter().map(|tp| tp.partitions.len()).sum::<usize>() < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let beat = groups
+            .heartbeat(pb::HeartbeatRequest {
+                group: "workers".into(),
+                member_id: joined.member_id.clone(),
+                generation: frozen.0,
+                owned: frozen.1.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        frozen = (beat.generation, beat.assignment);
+    }
+    let frozen_partition = frozen.1[0].partitions[0];
+    // It stops heartbeating; two session timeouts later it is gone and its partitions moved.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    until("the survivors own everything again", || {
+        let owners = check_no_overlap(&journal.lock().unwrap().events);
+        owners.len() == 6 && owners.values().all(|&id| id < 2)
+    })
+    .await;
+    let late = groups
+        .commit_offsets(pb::CommitOffsetsRequest {
+            group: "workers".into(),
+            topic: TOPIC.into(),
+            offsets: vec![pb::PartitionOffset {
+                partition: frozen_partition,
+                offset: 1,
+                metadata: String::new(),
+            }],
+            member_id: joined.member_id.clone(),
+            generation: frozen.0,
+        })
+        .await
+        .unwrap_err();
+    expect_status(
+        &late,
+        Code::FailedPrecondition,
+        "is not in group \"workers\"",
+    );
+
+    // How long rebalances take, by the broker clock (printed for the notes).
+    let described = broker
+        .admin()
+        .await
+        .describe_group(pb::DescribeGroupRequest {
+            group: "workers".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    println!("last rebalance: {:?} ms", described.last_rebalance_ms);
+    assert_eq!(described.members.len(), 2);
+    stop_all.send(true).unwrap();
+    c0.await.unwrap();
+    c1.await.unwrap();
+    // After everyone left, the committed offsets cover everything read.
+    let described = broker
+        .admin()
+        .await
+        .describe_group(pb::DescribeGroupRequest {
+            group: "workers".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(described.members.is_empty());
+    for partition in &described.partitions {
+        assert_eq!(partition.lag, 0, "{partition:?}");
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn membership_assignments_and_offsets_survive_a_broker_restart() {
+    let broker = paused_broker().await;
+    create_topic(&broker, TOPIC, PARTITIONS, pb::TopicConfig::default()).await;
+    produce_round(&broker, 0, 20).await;
+    let journal: Shared = Arc::default();
+    let (stop, stopped) = watch::channel(false);
+    let c0 = member(&broker, 0, Arc::clone(&journal), stopped.clone());
+    let c1 = member(&broker, 1, Arc::clone(&journal), stopped.clone());
+    until("all 120 records", || {
+        consumed_once(&journal.lock().unwrap(), 120)
+    })
+    .await;
+    until("two members with three each", || {
+        let owners = check_no_overlap(&journal.lock().unwrap().events);
+        owners.len() == 6 && owners.values().filter(|&&id| id == 0).count() == 3
+    })
+    .await;
+    // Let auto-commit run, then restart the broker on the same addresses.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = broker
+        .admin()
+        .await
+        .describe_group(pb::DescribeGroupRequest {
+            group: "workers".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let env = Env {
+        clock: Clock::follow_tokio(START_MS),
+        ..Env::default()
+    };
+    let broker = broker
+        .restart(env, |c| c.group_heartbeat_interval_ms = 200)
+        .await;
+    let after = broker
+        .admin()
+        .await
+        .describe_group(pb::DescribeGroupRequest {
+            group: "workers".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let members = |d: &pb::DescribeGroupResponse| {
+        d.members
+            .iter()
+            .map(|m| (m.member_id.clone(), m.assignment.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        members(&after),
+        members(&before),
+        "members and assignments survive"
+    );
+    let committed = |d: &pb::DescribeGroupResponse| {
+        d.partitions
+            .iter()
+            .map(|p| (p.partition, p.committed_offset))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(committed(&after), committed(&before), "offsets survive");
+    // The members carry on: new records are read once, with no rebalance.
+    let events_before = journal.lock().unwrap().events.len();
+    produce_round(&broker, 1, 20).await;
+    until("all 240 records", || {
+        consumed_once(&journal.lock().unwrap(), 240)
+    })
+    .await;
+    assert_eq!(
+        journal.lock().unwrap().events.len(),
+        events_before,
+        "no rebalance"
+    );
+    let consumed = journal.lock().unwrap().consumed.len();
+    assert_eq!(consumed, 240, "nothing read twice");
+    stop.send(true).unwrap();
+    c0.await.unwrap();
+    c1.await.unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn group_requests_that_cannot_be_honoured_get_statuses_naming_why() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, TOPIC, 2, pb::TopicConfig::default()).await;
+    let mut groups = broker.groups().await;
+    let joined = groups
+        .join(pb::JoinRequest {
+            group: "g".into(),
+            member_id: String::new(),
+            topics: vec![TOPIC.into()],
+            session_timeout_ms: 0,
+            client_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        joined
+            .assignment
+            .iter()
+            .map(|tp| tp.partitions.len())
+            .sum::<usize>(),
+        2
+    );
+    let commit = |member_id: &str, generation: u32| pb::CommitOffsetsRequest {
+        group: "g".into(),
+        topic: TOPIC.into(),
+        offsets: vec![pb::PartitionOffset {
+            partition: 0,
+            offset: 0,
+            metadata: String::new(),
+        }],
+        member_id: member_id.into(),
+        generation,
+    };
+    groups
+        .commit_offsets(commit(&joined.member_id, joined.generation))
+        .await
+        .unwrap();
+    let stale = groups
+        .commit_offsets(commit(&joined.member_id, joined.generation + 7))
+        .await
+        .unwrap_err();
+    expect_status(&stale, Code::FailedPrecondition, "stale generation");
+    let outsider = groups.commit_offsets(commit("", 0)).await.unwrap_err();
+    expect_status(&outsider, Code::FailedPrecondition, "1 live members");
+    let unknown = groups
+        .heartbeat(pb::HeartbeatRequest {
+            group: "g".into(),
+            member_id: "nobody".into(),
+            generation: 1,
+            owned: vec![],
+        })
+        .await
+        .unwrap_err();
+    expect_status(&unknown, Code::NotFound, "unknown member \"nobody\"");
+    let no_topic = groups
+        .join(pb::JoinRequest {
+            group: "g".into(),
+            member_id: String::new(),
+            topics: vec!["missing".into()],
+            session_timeout_ms: 0,
+            client_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    expect_status(&no_topic, Code::NotFound, "unknown topic \"missing\"");
+    let bad_timeout = groups
+        .join(pb::JoinRequest {
+            group: "g".into(),
+            member_id: String::new(),
+            topics: vec![TOPIC.into()],
+            session_timeout_ms: 5,
+            client_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    expect_status(&bad_timeout, Code::InvalidArgument, "session_timeout_ms");
+    let mut admin = broker.admin().await;
+    let reset = admin
+        .reset_group_offsets(pb::ResetGroupOffsetsRequest {
+            group: "g".into(),
+            topic: TOPIC.into(),
+            to: Some(pb::reset_group_offsets_request::To::Earliest(true)),
+        })
+        .await
+        .unwrap_err();
+    expect_status(&reset, Code::FailedPrecondition, &joined.member_id);
+    let delete = admin
+        .delete_group(pb::DeleteGroupRequest { group: "g".into() })
+        .await
+        .unwrap_err();
+    expect_status(&delete, Code::FailedPrecondition, "live members");
+    // Once the member leaves: reset and delete work, and the group is gone.
+    groups
+        .leave(pb::LeaveRequest {
+            group: "g".into(),
+            member_id: joined.member_id.clone(),
+        })
+        .await
+        .unwrap();
+    let set = admin
+        .reset_group_offsets(pb::ResetGroupOffsetsRequest {
+            group: "g".into(),
+            topic: TOPIC.into(),
+            to: Some(pb::reset_group_offsets_request::To::Latest(true)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.offsets.len(), 2);
+    admin
+        .delete_group(pb::DeleteGroupRequest { group: "g".into() })
+        .await
+        .unwrap();
+    let gone = admin
+        .describe_group(pb::DescribeGroupRequest { group: "g".into() })
+        .await
+        .unwrap_err();
+    expect_status(&gone, Code::NotFound, "unknown group \"g\"");
+    broker.stop().await;
+}
