@@ -475,3 +475,61 @@ async fn group_requests_that_cannot_be_honoured_get_statuses_naming_why() {
     expect_status(&gone, Code::NotFound, "unknown group \"g\"");
     broker.stop().await;
 }
+
+/// Ten rounds of a third member joining then leaving a group of two on six partitions: each
+/// rebalance completes (two members own all six again), and the time from the leave to the
+/// end of the rebalance, by the broker's clock, is printed (p50) for the notes.
+#[tokio::test(start_paused = true)]
+async fn three_to_two_rebalances_complete_and_are_timed() {
+    let env = Env {
+        clock: Clock::follow_tokio(START_MS),
+        ..Env::default()
+    };
+    // The default heartbeat interval (3 s): the figure is what a deployment sees.
+    let broker = TestBroker::start_env(None, env, |_| {}).await;
+    create_topic(&broker, TOPIC, PARTITIONS, pb::TopicConfig::default()).await;
+    let journal: Shared = Arc::default();
+    let (stop, stopped) = watch::channel(false);
+    let c0 = member(&broker, 0, Arc::clone(&journal), stopped.clone());
+    let c1 = member(&broker, 1, Arc::clone(&journal), stopped.clone());
+    let two_own_all = |journal: &Shared| {
+        let owners = check_no_overlap(&journal.lock().unwrap().events);
+        owners.len() == 6 && owners.values().all(|&id| id < 2)
+    };
+    until("two members own everything", || two_own_all(&journal)).await;
+    let mut admin = broker.admin().await;
+    let mut times = Vec::new();
+    for round in 0..10 {
+        let (leave, left) = watch::channel(false);
+        let third = member(&broker, 2, Arc::clone(&journal), left);
+        until("the third member gets its share", || {
+            let owners = check_no_overlap(&journal.lock().unwrap().events);
+            owners.values().filter(|&&id| id == 2).count() == 2
+        })
+        .await;
+        leave.send(true).unwrap();
+        third.await.unwrap();
+        until("two members own everything again", || two_own_all(&journal)).await;
+        let described = admin
+            .describe_group(pb::DescribeGroupRequest {
+                group: "workers".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let took = described.last_rebalance_ms.expect("a completed rebalance");
+        assert!(took >= 0, "round {round}: {took}");
+        times.push(took);
+    }
+    times.sort_unstable();
+    println!(
+        "3 -> 2 members on 6 partitions, heartbeat 3 s: rebalance p50 {} ms (min {}, max {}) by the broker clock",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+    stop.send(true).unwrap();
+    c0.await.unwrap();
+    c1.await.unwrap();
+    broker.stop().await;
+}
