@@ -114,6 +114,19 @@ fn check_no_overlap(events: &[(usize, Rebalance)]) -> BTreeMap<u32, usize> {
     owner
 }
 
+/// The group "workers" as the broker describes it.
+async fn describe_workers(broker: &TestBroker) -> pb::DescribeGroupResponse {
+    broker
+        .admin()
+        .await
+        .describe_group(pb::DescribeGroupRequest {
+            group: "workers".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Waits (advancing paused time, bounded in real time) until `done` holds.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -239,30 +252,14 @@ async fn members_share_partitions_rebalance_without_overlap_and_fence_the_frozen
     );
 
     // How long rebalances take, by the broker clock (printed for the notes).
-    let described = broker
-        .admin()
-        .await
-        .describe_group(pb::DescribeGroupRequest {
-            group: "workers".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let described = describe_workers(&broker).await;
     println!("last rebalance: {:?} ms", described.last_rebalance_ms);
     assert_eq!(described.members.len(), 2);
     stop_all.send(true).unwrap();
     c0.await.unwrap();
     c1.await.unwrap();
     // After everyone left, the committed offsets cover everything read.
-    let described = broker
-        .admin()
-        .await
-        .describe_group(pb::DescribeGroupRequest {
-            group: "workers".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let described = describe_workers(&broker).await;
     assert!(described.members.is_empty());
     for partition in &described.partitions {
         assert_eq!(partition.lag, 0, "{partition:?}");
@@ -290,15 +287,7 @@ async fn membership_assignments_and_offsets_survive_a_broker_restart() {
     .await;
     // Let auto-commit run, then restart the broker on the same addresses.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = broker
-        .admin()
-        .await
-        .describe_group(pb::DescribeGroupRequest {
-            group: "workers".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let before = describe_workers(&broker).await;
     let env = Env {
         clock: Clock::follow_tokio(START_MS),
         ..Env::default()
@@ -306,15 +295,7 @@ async fn membership_assignments_and_offsets_survive_a_broker_restart() {
     let broker = broker
         .restart(env, |c| c.group_heartbeat_interval_ms = 200)
         .await;
-    let after = broker
-        .admin()
-        .await
-        .describe_group(pb::DescribeGroupRequest {
-            group: "workers".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = describe_workers(&broker).await;
     let members = |d: &pb::DescribeGroupResponse| {
         d.members
             .iter()
@@ -497,7 +478,6 @@ async fn three_to_two_rebalances_complete_and_are_timed() {
         owners.len() == 6 && owners.values().all(|&id| id < 2)
     };
     until("two members own everything", || two_own_all(&journal)).await;
-    let mut admin = broker.admin().await;
     let mut times = Vec::new();
     for round in 0..10 {
         let (leave, left) = watch::channel(false);
@@ -510,13 +490,7 @@ async fn three_to_two_rebalances_complete_and_are_timed() {
         leave.send(true).unwrap();
         third.await.unwrap();
         until("two members own everything again", || two_own_all(&journal)).await;
-        let described = admin
-            .describe_group(pb::DescribeGroupRequest {
-                group: "workers".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let described = describe_workers(&broker).await;
         let took = described.last_rebalance_ms.expect("a completed rebalance");
         assert!(took >= 0, "round {round}: {took}");
         times.push(took);
