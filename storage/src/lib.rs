@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 mod cache;
+mod compaction;
 pub mod config;
 mod error;
 pub mod format;
@@ -32,6 +33,7 @@ mod stats;
 mod store;
 mod swap;
 
+pub use compaction::{CHECKPOINT_VERSION, CompactionLimits, CompactionReport};
 pub use config::{Clock, Durability, LogConfig, StoreConfig, TimeSource};
 pub use error::{Corruption, Error, Result};
 pub use io::{FaultOp, Faults};

@@ -25,6 +25,7 @@
 
 mod append;
 mod cleanup;
+mod compact;
 mod read;
 mod sync;
 
