@@ -13,7 +13,7 @@ use sluice_proto::v1::{
 use tonic::transport::Channel;
 
 pub use sluice_proto::v1::{
-    FsyncPolicy, PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
+    CleanupPolicy, FsyncPolicy, PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
 };
 
 use crate::config::ConnectionConfig;

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod clock;
+pub mod compactor;
 pub mod config;
 pub mod connections;
 pub mod error;
@@ -129,6 +130,7 @@ pub async fn run(
     };
 
     let retention = tokio::spawn(run_retention(Arc::clone(&broker), stop.clone()));
+    let compaction = tokio::spawn(compactor::run(Arc::clone(&broker), stop.clone()));
     let http_server = tokio::spawn({
         let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
         let stop = stop.clone();
@@ -205,6 +207,7 @@ pub async fn run(
     }
     let _ = http_server.await;
     let _ = retention.await;
+    let _ = compaction.await;
 
     tracing::info!("closing partitions");
     let closed = error::blocking(move || {

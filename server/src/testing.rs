@@ -55,7 +55,8 @@ impl TestBroker {
     }
 
     /// Starts a broker with `env` (clock, faults) on `data_dir`, or on a fresh directory.
-    /// Retention runs only when a test asks (the interval is an hour unless `tweak` sets it).
+    /// Retention and compaction run only when a test asks (their intervals are an hour unless
+    /// `tweak` sets them).
     pub async fn start_env(
         data_dir: Option<PathBuf>,
         env: Env,
@@ -77,6 +78,7 @@ impl TestBroker {
             grpc_addr: addr,
             http_addr,
             retention_check_interval_ms: 3_600_000,
+            compaction_check_interval_ms: 3_600_000,
             ..Config::default()
         };
         tweak(&mut config);

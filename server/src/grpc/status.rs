@@ -14,7 +14,7 @@ impl From<Error> for Status {
             | Error::UnknownPartition { .. }
             | Error::TopicDeleted { .. } => Code::NotFound,
             Error::TopicExists { .. } => Code::AlreadyExists,
-            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::InvalidArgument { .. } | Error::KeylessRecord { .. } => Code::InvalidArgument,
             Error::Conflict { .. } => Code::Aborted,
             Error::Busy { retry_after_ms, .. } => return busy_status(message, *retry_after_ms),
             Error::Storage(storage) => storage_code(storage),
