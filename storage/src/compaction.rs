@@ -33,7 +33,8 @@
 //! would drop a record whose key only shares the hash.
 //!
 //! **Checkpoint** (`compaction.checkpoint`, beside the segments; written through a temporary
-//! file, fsynced and renamed):
+//! file and renamed, not fsynced: it is written after the swaps it counts were committed
+//! durably, so whatever of it a crash keeps never claims more than is clean):
 //!
 //! ```text
 //! checkpoint = { u32 magic "SLCC" | u8 version | u64 cleaned_to | i64 oldest_tombstone_ms
@@ -55,7 +56,6 @@
 use crate::error::{Error, Result};
 use crate::format::{read_u32, read_u64};
 use crate::index;
-use crate::io::write_atomically;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::ops::Range;
@@ -516,9 +516,14 @@ impl Checkpoint {
         }
     }
 
-    /// Writes the checkpoint durably (temporary file, fsync, rename, directory fsync).
+    /// Writes the checkpoint whole or not at all (temporary file, rename). Not fsynced: a
+    /// crash may keep an older checkpoint (more work for the next pass) or a torn one (read
+    /// as the default), never one ahead of the swaps, which were committed durably before.
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
-        write_atomically(&Self::path(dir), &self.encode())
+        let path = Self::path(dir);
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, self.encode()).map_err(|e| Error::io("write", &temp, e))?;
+        std::fs::rename(&temp, &path).map_err(|e| Error::io("rename", &temp, e))
     }
 }
 

@@ -22,8 +22,8 @@
 //! | 2 | fsync the directory (the commit is durable) | swap committed: recovery completes it |
 //! | 3 | unlink `.index`, `.timeindex`, then `.log` of each replaced segment but `base` | (the same) |
 //! | 4 | rename `{base}.index.cleaned` → `{base}.index`, and the time index | (the same) |
-//! | 5 | rename `{base}.{end}.swap` → `{base}.log`, over the old one | new set |
-//! | 6 | fsync the directory | new set, durable |
+//! | 5 | fsync the directory (steps 3–4 are durable) | (the same) |
+//! | 6 | rename `{base}.{end}.swap` → `{base}.log`, over the old one | new set |
 //!
 //! Steps 3–6 ([`Swap::complete`]) are idempotent: each unlink or rename is skipped when it was
 //! already done, so [`recover`] reruns them for every `.swap` it finds before the log opens,
@@ -31,6 +31,13 @@
 //! `.log` goes last, so a `.log` without its indexes is never left behind (its indexes would be
 //! rebuilt anyway). Renames and unlinks never shorten a file under a map: a reader still
 //! holding a slice of a replaced segment keeps its inode.
+//!
+//! The fsyncs are where the order must hold even on a file system that persists directory
+//! changes out of order: the commit before any old file goes (2), and the unlinks and index
+//! renames before the commit record does (5) — else a crash could leave the new `{base}.log`
+//! beside a replaced segment with no record left saying which wins. Step 6 needs none: if it
+//! is lost, the record is still there and recovery redoes it (the next directory fsync, of
+//! the next swap or of retention, makes it durable).
 
 use crate::error::{Error, Result};
 use crate::io::{FaultOp, Faults, remove_if_exists, sync_dir};
@@ -143,11 +150,11 @@ impl<'a> Swap<'a> {
                 to: self.dir.join(file_name(self.base, extension)),
             });
         }
+        steps.push(Step::SyncDir);
         steps.push(Step::Rename {
             from: self.swap_path(),
             to: self.dir.join(file_name(self.base, "log")),
         });
-        steps.push(Step::SyncDir);
         Ok(steps)
     }
 
@@ -327,7 +334,7 @@ mod tests {
         let mut steps = swap.commit_steps();
         steps.extend(swap.complete_steps().unwrap());
         let commit_at = 1; // after the commit rename
-        // Commit (2), unlink segment 10's three files, install two indexes, the log, sync.
+        // Commit (2), unlink segment 10's three files, install two indexes, sync, the log.
         assert_eq!(steps.len(), 2 + 3 + 2 + 1 + 1);
         for crash_after in 0..=steps.len() {
             let dir = tempfile::tempdir().unwrap();

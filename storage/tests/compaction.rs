@@ -687,6 +687,56 @@ fn the_active_segment_and_unreadable_data_are_never_compacted() {
     assert!(report.ran && report.records_superseded > 0, "{report:?}");
 }
 
+#[test]
+fn a_damaged_sealed_segment_is_reported_and_not_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Vec::new();
+    let opened = open(dir.path());
+    let workload = Workload {
+        seed: 5,
+        batches: 150,
+        keys: 20,
+        tombstone_every: 9,
+        keyless_every: 9,
+    };
+    append(&opened, workload, &mut model);
+    close(opened);
+    // One bit of a record in the first segment, the CRC left as it was.
+    let segment = dir.path().join("p/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[200] ^= 0x04;
+    std::fs::write(&segment, &bytes).unwrap();
+    let opened = open(dir.path());
+    let before = opened.log.segment_bases();
+    match opened
+        .log
+        .compact(START_MS + 2 * DAY_MS, DAY, &limits(1_000, 0))
+    {
+        Err(sluice_storage::Error::Corrupt { path, .. }) => assert_eq!(path, segment),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Nothing was swapped, nothing is left behind, and the log still takes writes.
+    assert_eq!(opened.log.segment_bases(), before);
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+    assert!(!opened.log.is_poisoned());
+    let leftovers = std::fs::read_dir(dir.path().join("p"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".cleaned")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+    append(
+        &opened,
+        Workload {
+            seed: 6,
+            ..workload
+        },
+        &mut model,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fixtures: a log written before compaction existed, and one compacted by version 1.
 

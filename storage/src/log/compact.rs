@@ -147,13 +147,16 @@ impl Log {
                 continue;
             }
             let files = self.files(segment)?;
-            for batch in self.stored_batches(segment, &files.log) {
-                let view = batch?;
+            // Header and CRC only: what a record says is checked in full before any of it is
+            // rewritten; here a damaged record only ends the walk with an error.
+            for batch in self.stored_batches(segment, &files.log, Check::Checksum) {
+                let (position, view) = batch?;
                 self.check_open()?;
                 if view.last_offset() < dirty_start || view.is_control() {
                     continue;
                 }
-                for record in view.records() {
+                let mut records = view.records();
+                for record in records.by_ref() {
                     let Some(key) = record.key else { continue };
                     if record.offset < dirty_start {
                         continue;
@@ -162,31 +165,39 @@ impl Log {
                         return Ok(Some(record.offset));
                     }
                 }
+                if let Some(error) = records.error() {
+                    return Err(corrupt(segment, position, error.clone()));
+                }
             }
         }
         Ok(None)
     }
 
-    /// The batches of a sealed segment's log, each checked in full as a stored batch: a
-    /// damaged one is an error naming the segment and position, and nothing is rewritten from
-    /// it (a rewrite would give damaged records a fresh CRC).
+    /// The batches of a sealed segment's log, each checked as `check` says: a damaged one is
+    /// an error naming the segment and position, and nothing is rewritten from it (a rewrite
+    /// would give damaged records a fresh CRC).
     fn stored_batches<'a>(
         &self,
         segment: &'a Segment,
         log: &'a [u8],
-    ) -> impl Iterator<Item = Result<BatchView<'a>>> + 'a {
-        let corrupt = move |position: usize, error: FormatError| Error::Corrupt {
-            path: segment.path("log"),
-            position: position as u64,
-            corruption: Corruption::Batch(error),
-        };
+        check: Check,
+    ) -> impl Iterator<Item = Result<(u64, BatchView<'a>)>> + 'a {
         let mut walk = Batches::new(log);
         std::iter::from_fn(move || {
             let framed = match walk.next()? {
                 Ok(framed) => framed,
-                Err(error) => return Some(Err(corrupt(walk.position(), error))),
+                Err(error) => return Some(Err(corrupt(segment, walk.position() as u64, error))),
             };
-            Some(framed.stored().map_err(|e| corrupt(framed.position, e)))
+            let checked = match check {
+                Check::Checksum => framed.checked(),
+                Check::Full => framed.stored(),
+            };
+            let position = framed.position as u64;
+            Some(
+                checked
+                    .map(|view| (position, view))
+                    .map_err(|e| corrupt(segment, position, e)),
+            )
         })
     }
 
@@ -298,8 +309,8 @@ impl Log {
             let files = self.files(segment)?;
             let mut times =
                 TimeCeiling::new(&files.time, segment.base_offset, segment.last_append_ms());
-            for batch in self.stored_batches(segment, &files.log) {
-                let view = batch?;
+            for batch in self.stored_batches(segment, &files.log, Check::Full) {
+                let (_, view) = batch?;
                 self.check_open()?;
                 let append_ms = times.at(view.base_offset());
                 if view.is_control() {
@@ -364,6 +375,24 @@ impl Log {
             });
         }
         Ok(())
+    }
+}
+
+/// How much of a stored batch a pass checks.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// Header and CRC (the records were checked in full when they were appended).
+    Checksum,
+    /// Every check of `BatchView::stored`: before a batch is rewritten.
+    Full,
+}
+
+/// A damaged batch in `segment`'s log, at byte `position`.
+fn corrupt(segment: &Segment, position: u64, error: FormatError) -> Error {
+    Error::Corrupt {
+        path: segment.path("log"),
+        position,
+        corruption: Corruption::Batch(error),
     }
 }
 
