@@ -583,9 +583,9 @@ impl Topics {
                     return ran;
                 }
                 match partition.compact(now_ms, delete_retention, limits) {
-                    Ok(report) if report.ran => {
+                    Ok(report) if report.segments_replaced > 0 => {
                         ran += 1;
-                        tracing::debug!(
+                        tracing::info!(
                             partition = %partition.name(),
                             cleaned_to = report.cleaned_to,
                             segments_replaced = report.segments_replaced,
@@ -596,7 +596,7 @@ impl Topics {
                             "compacted partition"
                         );
                     }
-                    Ok(_) => {}
+                    Ok(report) => ran += usize::from(report.ran),
                     // Deleted or stopping meanwhile.
                     Err(Error::Storage(sluice_storage::Error::Closed { .. })) => {}
                     Err(error) => {
