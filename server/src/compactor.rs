@@ -4,6 +4,10 @@
 //! (`compaction_max_map_entries`). Tombstones are judged by the broker's clock
 //! ([`Broker::clock`]), so tests on paused tokio time move compaction with `advance`.
 //!
+//! While no topic is compacted it waits for one with no timer armed: a broker without
+//! compacted topics never wakes for them, and on paused time an idle runtime's clock does not
+//! jump to a compactor tick that nothing needs.
+//!
 //! A pass over a partition is bounded by the storage engine's [`CompactionLimits`]; between
 //! partitions the compactor stops if the broker is shutting down, and a pass in progress
 //! stops at its next batch once its log is closed.
@@ -19,7 +23,16 @@ use tokio::sync::watch;
 pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(broker.config.compaction_check_interval_ms);
     let limits: CompactionLimits = broker.config.compaction_limits();
+    let mut compacted = broker.topics.watch_compacted();
     loop {
+        tokio::select! {
+            some = compacted.wait_for(|count| *count > 0) => {
+                if some.is_err() {
+                    return;
+                }
+            }
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|stop| *stop) => return,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Directory under the data directory that holds topics.
 const TOPICS_DIR: &str = "topics";
@@ -265,6 +266,9 @@ pub struct Topics {
     partition_inflight_bytes: u32,
     /// The broker-wide and per-connection in-flight bounds every partition shares.
     limiter: Arc<Limiter>,
+    /// How many topics are compacted, so the compactor sleeps (with no timer armed) while
+    /// none is.
+    compacted: watch::Sender<usize>,
 }
 
 /// Checks a topic name: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`; names starting with `__`
@@ -288,6 +292,7 @@ impl Topics {
             creating: Mutex::new(HashSet::new()),
             partition_inflight_bytes: limiter.partition_limit(),
             limiter,
+            compacted: watch::Sender::new(0),
         };
         let root = topics.root.join(TOPICS_DIR);
         if !root.exists() {
@@ -325,8 +330,23 @@ impl Topics {
         for topic in opened {
             registry.insert(topic.name.clone(), Arc::new(topic));
         }
+        topics.count_compacted(&registry);
         drop(registry);
         Ok(topics)
+    }
+
+    /// Publishes how many of `registry`'s topics are compacted.
+    fn count_compacted(&self, registry: &HashMap<String, Arc<Topic>>) {
+        let count = registry
+            .values()
+            .filter(|t| t.settings.cleanup.compacts())
+            .count();
+        self.compacted.send_replace(count);
+    }
+
+    /// Watches how many topics are compacted (the compactor waits for one).
+    pub fn watch_compacted(&self) -> watch::Receiver<usize> {
+        self.compacted.subscribe()
     }
 
     /// Opens the partitions of `metas` on [`PARTITION_THREADS`] threads (recovery is mostly
@@ -524,7 +544,10 @@ impl Topics {
         match self.open_topics(std::slice::from_ref(&meta)) {
             Ok(mut opened) => {
                 let topic = Arc::new(opened.remove(0));
-                self.write().insert(name.to_owned(), Arc::clone(&topic));
+                let mut registry = self.write();
+                registry.insert(name.to_owned(), Arc::clone(&topic));
+                self.count_compacted(&registry);
+                drop(registry);
                 tracing::info!(topic = name, partitions, "created topic");
                 Ok(topic)
             }
@@ -542,10 +565,14 @@ impl Topics {
 
     /// Deletes a topic and its data (blocking). In-flight reads keep their maps until done.
     pub fn delete(&self, name: &str) -> Result<()> {
-        let topic = self
-            .write()
-            .remove(name)
-            .ok_or_else(|| Error::unknown_topic(name))?;
+        let topic = {
+            let mut registry = self.write();
+            let topic = registry
+                .remove(name)
+                .ok_or_else(|| Error::unknown_topic(name))?;
+            self.count_compacted(&registry);
+            topic
+        };
         // Waiters (long polls, subscriptions) end with NOT_FOUND.
         for partition in &topic.partitions {
             partition.mark_deleted();
