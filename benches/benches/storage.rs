@@ -9,6 +9,11 @@
 //!   with [`BatchView::with_checksum`] (header and CRC: the consumer's check of a batch the
 //!   broker validated in full on produce) and every record's key and value touched
 //!   (`sluice_scan`), against copying 1 MiB between two preallocated buffers (`memcpy`).
+//! - `compaction`: [`Log::compact`] of one sealed 16 MiB segment of 1 KiB records in which
+//!   every key appears twice (half the records superseded), as a pass does it — validate and
+//!   map every record, rewrite the kept half, fsync the new files, swap them in, write the
+//!   checkpoint — against `std::fs::copy` of the same segment file plus `fsync`
+//!   (`copy_fsync`): the physical cost of rewriting the segment at all.
 //!
 //! All files live in one temporary directory under the system temp directory, removed at exit.
 //!
@@ -28,8 +33,8 @@ use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
 use sluice_benches::{batch_of, pseudo_random_bytes};
-use sluice_storage::format::Batches;
-use sluice_storage::{Durability, Log, LogConfig, Store, StoreConfig};
+use sluice_storage::format::{BatchBuilder, Batches};
+use sluice_storage::{CompactionLimits, Durability, Log, LogConfig, Store, StoreConfig};
 use std::cell::Cell;
 use std::fs::File;
 use std::hint::black_box;
@@ -316,5 +321,128 @@ fn read(c: &mut Criterion) {
     drop(store);
 }
 
-criterion_group!(benches, append, append_durable, read);
+/// Size of the sealed segment the compaction bench compacts.
+const COMPACT_SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Records per batch in the compaction bench's segment.
+const COMPACT_BATCH_RECORDS: u64 = 16;
+
+/// Copies the flat files of `from` and its subdirectories (a store's data directory) to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create directory");
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A data directory holding log `bench/0` with one sealed segment of about
+/// [`COMPACT_SEGMENT_BYTES`] in which every key appears twice; returns the segment's path.
+fn compaction_source(dir: &Path) -> PathBuf {
+    let store = Store::open(dir, StoreConfig::default()).expect("open store");
+    let config = LogConfig {
+        segment_bytes: COMPACT_SEGMENT_BYTES,
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
+    let log = store.open_log("bench/0", config).expect("open log");
+    let values = pseudo_random_bytes(2 * RECORD_BYTES, 0x00c0_ffee);
+    // Records of a 16 MiB segment, each key twice: the second copy supersedes the first.
+    let records = COMPACT_SEGMENT_BYTES / RECORD_BYTES as u64;
+    let keys = records / 2;
+    let mut index = 0u64;
+    while log.segment_count() == 1 {
+        let mut builder = BatchBuilder::new();
+        for _ in 0..COMPACT_BATCH_RECORDS {
+            let key = format!("key-{:012}", index % keys);
+            let start = (index as usize * 7) % RECORD_BYTES;
+            let value = &values[start..start + RECORD_BYTES - 64];
+            builder
+                .push(
+                    sluice_benches::BENCH_TIMESTAMP_MS,
+                    Some(key.as_bytes()),
+                    Some(value),
+                    &[],
+                )
+                .expect("push");
+            index += 1;
+        }
+        log.append(&mut builder.finish().expect("finish"))
+            .expect("append");
+    }
+    drop(log);
+    store.close().expect("close store");
+    dir.join("bench/0/00000000000000000000.log")
+}
+
+fn compaction(c: &mut Criterion) {
+    let scratch = Scratch::new();
+    let source = scratch.fresh_dir();
+    let segment = compaction_source(&source);
+    let segment_len = std::fs::metadata(&segment).expect("stat").len();
+    let limits = CompactionLimits {
+        min_dirty_percent: 0,
+        ..CompactionLimits::default()
+    };
+    let day = Duration::from_secs(86_400);
+    let mut group = c.benchmark_group("compaction");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Bytes(segment_len));
+    group.bench_function(BenchmarkId::new("sluice_compact", "16MiB"), |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                // A fresh copy of the log each time, off the clock (its pages stay cached, as
+                // the copy's source does).
+                let dir = scratch.fresh_dir();
+                copy_tree(&source, &dir);
+                let store = Store::open(&dir, StoreConfig::default()).expect("open store");
+                let config = LogConfig {
+                    segment_bytes: COMPACT_SEGMENT_BYTES,
+                    durability: Durability::Never,
+                    ..LogConfig::default()
+                };
+                let log = store.open_log("bench/0", config).expect("open log");
+                let now_ms = sluice_storage::Clock::System.now_ms();
+                let start = Instant::now();
+                let report = log.compact(now_ms, day, &limits).expect("compact");
+                elapsed += start.elapsed();
+                assert!(report.records_superseded > 0 && report.segments_replaced == 1);
+                drop(log);
+                drop(store);
+                std::fs::remove_dir_all(&dir).expect("remove bench directory");
+            }
+            elapsed
+        });
+    });
+    group.bench_function(BenchmarkId::new("copy_fsync", "16MiB"), |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = scratch.fresh_dir();
+                std::fs::create_dir_all(&dir).expect("create bench directory");
+                let target = dir.join("copy.log");
+                let start = Instant::now();
+                std::fs::copy(&segment, &target).expect("copy");
+                File::open(&target)
+                    .and_then(|file| file.sync_all())
+                    .expect("fsync");
+                elapsed += start.elapsed();
+                std::fs::remove_dir_all(&dir).expect("remove bench directory");
+            }
+            elapsed
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, append, append_durable, read, compaction);
 criterion_main!(benches);

@@ -14,9 +14,9 @@ use sluice_proto::v1::{
 use tonic::transport::Channel;
 
 pub use sluice_proto::v1::{
-    DescribeGroupResponse as GroupDescription, FsyncPolicy, GroupMember, GroupPartition,
-    GroupSummary, PartitionDescription, PartitionOffset, TopicConfig, TopicDescription,
-    TopicPartitions, TopicSummary,
+    CleanupPolicy, DescribeGroupResponse as GroupDescription, FsyncPolicy, GroupMember,
+    GroupPartition, GroupSummary, PartitionDescription, PartitionOffset, TopicConfig,
+    TopicDescription, TopicPartitions, TopicSummary,
 };
 
 /// Where [`Admin::reset_group_offsets`] moves a group's committed offsets.

@@ -742,6 +742,49 @@ mod tests {
         assert_eq!(offsets, [13, 14, 15]);
     }
 
+    /// `batch(base_offset, count)` with only the records whose offset `keep` selects, as
+    /// compaction leaves it in a log.
+    fn compacted(base_offset: u64, count: u32, keep: impl Fn(u64) -> bool) -> Vec<u8> {
+        let whole = batch(base_offset, count);
+        let view = match sluice_storage::format::BatchView::new(&whole, usize::MAX) {
+            Ok(view) => view,
+            Err(error) => panic!("{error}"),
+        };
+        let mut out = Vec::new();
+        let retained = sluice_storage::format::retain_records(&view, |r| keep(r.offset), &mut out);
+        assert!(matches!(
+            retained,
+            sluice_storage::format::Retained::Some(_)
+        ));
+        out
+    }
+
+    #[test]
+    fn reads_compacted_batches_at_their_real_offsets() {
+        // Batch 10..=14 kept 11 and 13; batch 15..=16 went whole; batch 17..=19 kept 19.
+        let mut bytes = compacted(10, 5, |o| o == 11 || o == 13);
+        bytes.extend(compacted(17, 3, |o| o == 19));
+        let (next, records, _) = decode(10, bytes.clone());
+        assert!(matches!(next, Ok(20)), "{next:?}");
+        let read: Vec<(u64, Option<&[u8]>)> = records
+            .iter()
+            .map(|r| (r.offset, r.value.as_deref()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                (11, Some(&b"v11"[..])),
+                (13, Some(&b"v13"[..])),
+                (19, Some(&b"v19"[..]))
+            ]
+        );
+        // From inside a gap: the records at or after it.
+        let (next, records, _) = decode(12, bytes);
+        assert!(matches!(next, Ok(20)));
+        let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [13, 19]);
+    }
+
     #[test]
     fn consumer_is_send() {
         fn assert_send<T: Send + 'static>() {}

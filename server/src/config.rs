@@ -65,6 +65,19 @@ pub struct Config {
     /// timeout), ms: a rebalance reaches members within about two of these. Default 3000;
     /// 10 ..= 60000.
     pub group_heartbeat_interval_ms: u32,
+    /// How often the compactor visits every partition of every compacted topic (`cleanup =
+    /// compact` or `compact,delete`) and runs one pass on each that has one due, ms. Passes
+    /// run one partition at a time on the blocking pool. Default 15000; 100 ..= 86400000.
+    pub compaction_check_interval_ms: u64,
+    /// Most distinct keys one compaction pass maps: the compactor's memory bound (about 32
+    /// bytes a key, up to twice that while its map grows; one pass at a time, so ~32–64 MiB
+    /// at the default). A partition with more keys to compact takes several passes. Default
+    /// 1000000; 1 ..= 100000000.
+    pub compaction_max_map_entries: usize,
+    /// Share of a partition's compactable bytes that must be new (not yet compacted) before a
+    /// pass rewrites it, percent; an expired tombstone makes a pass due anyway. Lower
+    /// compacts sooner and rewrites more. Default 50; 0 ..= 100.
+    pub compaction_min_dirty_percent: u8,
 }
 
 impl Default for Config {
@@ -90,6 +103,9 @@ impl Default for Config {
             retention_check_interval_ms: 30_000,
             offsets_segment_bytes: 64 << 20,
             group_heartbeat_interval_ms: 3000,
+            compaction_check_interval_ms: 15_000,
+            compaction_max_map_entries: 1_000_000,
+            compaction_min_dirty_percent: 50,
         }
     }
 }
@@ -236,7 +252,36 @@ impl Config {
             1 << 30,
             "must be within 4 KiB..=1 GiB",
         )?;
+        check(
+            "compaction_check_interval_ms",
+            self.compaction_check_interval_ms,
+            100,
+            86_400_000,
+            "must be within 100..=86400000",
+        )?;
+        check(
+            "compaction_max_map_entries",
+            self.compaction_max_map_entries,
+            1,
+            100_000_000,
+            "must be within 1..=100000000",
+        )?;
+        check(
+            "compaction_min_dirty_percent",
+            self.compaction_min_dirty_percent,
+            0,
+            100,
+            "must be within 0..=100",
+        )?;
         Ok(())
+    }
+
+    /// The bounds of one compaction pass.
+    pub fn compaction_limits(&self) -> sluice_storage::CompactionLimits {
+        sluice_storage::CompactionLimits {
+            max_map_entries: self.compaction_max_map_entries,
+            min_dirty_percent: self.compaction_min_dirty_percent,
+        }
     }
 }
 
@@ -270,5 +315,32 @@ mod tests {
         };
         let error = config.validate().err();
         assert_eq!(error.map(|e| e.field), Some("max_inflight_bytes"));
+        for (config, field) in [
+            (
+                Config {
+                    compaction_check_interval_ms: 99,
+                    ..Config::default()
+                },
+                "compaction_check_interval_ms",
+            ),
+            (
+                Config {
+                    compaction_max_map_entries: 0,
+                    ..Config::default()
+                },
+                "compaction_max_map_entries",
+            ),
+            (
+                Config {
+                    compaction_min_dirty_percent: 101,
+                    ..Config::default()
+                },
+                "compaction_min_dirty_percent",
+            ),
+        ] {
+            assert_eq!(config.validate().err().map(|e| e.field), Some(field));
+        }
+        // The broker's limits are the storage engine's, and valid there.
+        assert!(Config::default().compaction_limits().validate().is_ok());
     }
 }

@@ -47,6 +47,16 @@ pub enum Error {
         /// The bound it broke.
         reason: &'static str,
     },
+    /// A producer's batch for a compacted topic holds a record without a key.
+    #[error(
+        "invalid batch for compacted topic {topic:?}: record {index} has no key (compacted topics need a key on every record)"
+    )]
+    KeylessRecord {
+        /// The topic.
+        topic: String,
+        /// The record's index in the batch.
+        index: u32,
+    },
     /// Too many bytes in flight: retry later.
     #[error(
         "{scope} has {inflight} bytes of produce requests in flight, limit {limit}: retry after {retry_after_ms} ms"

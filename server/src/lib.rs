@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod clock;
+pub mod compactor;
 pub mod config;
 pub mod connections;
 pub mod error;
@@ -138,6 +139,7 @@ pub async fn run(
         let stop = stop.clone();
         async move { broker.groups.run_expiry(&broker.topics, stop).await }
     });
+    let compaction = tokio::spawn(compactor::run(Arc::clone(&broker), stop.clone()));
     let http_server = tokio::spawn({
         let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
         let stop = stop.clone();
@@ -215,6 +217,7 @@ pub async fn run(
     let _ = http_server.await;
     let _ = retention.await;
     let _ = expiry.await;
+    let _ = compaction.await;
 
     tracing::info!("closing partitions");
     let closed = error::blocking(move || {

@@ -4,9 +4,9 @@
 //! Produce, an offset commit, and later dead letters, queue state and schedules. In order it
 //! does:
 //! 1. the limits: producers may not write internal (`__`) topics nor set the control or
-//!    transactional bits; the batch must fit the topic's `max_batch_bytes`; a producer's bytes
-//!    must fit the in-flight bounds (partition, connection, broker) or it is refused at once
-//!    with a retry hint;
+//!    transactional bits, and every record they produce to a compacted topic needs a key; the
+//!    batch must fit the topic's `max_batch_bytes`; a producer's bytes must fit the in-flight
+//!    bounds (partition, connection, broker) or it is refused at once with a retry hint;
 //! 2. on the blocking pool: validation and the caller's pre-append check, under the log's
 //!    writer lock with the offset the batch will get ([`Log::append_with`]), then one write;
 //! 3. the durability wait: under `fsync = always` the answer waits for the group commit that
@@ -18,10 +18,11 @@
 
 use crate::error::{Error, Result, blocking};
 use crate::inflight::Limiter;
+use crate::topics::Cleanup;
 use bytes::{Bytes, BytesMut};
 use sluice_storage::format::{ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchView, FormatError};
 use sluice_storage::replay::{Replayed, StateMachine};
-use sluice_storage::{AppendInfo, Durability, Log, ReadResult};
+use sluice_storage::{AppendInfo, CompactionLimits, CompactionReport, Durability, Log, ReadResult};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +68,8 @@ pub struct Partition {
     topic: Arc<str>,
     id: u32,
     internal: bool,
+    /// The topic's cleanup policy: compacted topics refuse producers' records without keys.
+    cleanup: Cleanup,
     log: Arc<Log>,
     /// The high watermark, sent by the log's listener each time it advances.
     high_watermark: watch::Receiver<u64>,
@@ -79,10 +82,11 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// Wraps an open log as partition `id` of `topic`.
+    /// Wraps an open log as partition `id` of `topic`, whose cleanup policy is `cleanup`.
     pub fn new(
         topic: Arc<str>,
         id: u32,
+        cleanup: Cleanup,
         log: Arc<Log>,
         limiter: Arc<Limiter>,
         inflight_bytes: u32,
@@ -95,6 +99,7 @@ impl Partition {
             internal: topic.starts_with("__"),
             topic,
             id,
+            cleanup,
             log,
             high_watermark,
             deleted: watch::Sender::new(false),
@@ -180,6 +185,10 @@ impl Partition {
         // Control and transactional batches are markers the broker writes (for transactions,
         // later); a consumer skips control batches, so one from a producer would vanish.
         let producer = matches!(origin, Origin::Producer { .. });
+        // Compaction keeps the latest record per key: a record without one could never be
+        // replaced or deleted. The broker's own records are its business.
+        let keys_required = producer && self.cleanup.compacts();
+        let topic = Arc::clone(&self.topic);
         let check = move |view: &BatchView<'_>, base_offset: u64| {
             let reserved = view.attributes() & (ATTR_CONTROL | ATTR_TRANSACTIONAL);
             if producer && reserved != 0 {
@@ -188,6 +197,15 @@ impl Partition {
                     format!("{:#06x}", view.attributes()),
                     "the control (0x20) and transactional (0x10) bits are reserved for batches the broker writes",
                 ));
+            }
+            if keys_required {
+                // One walk of the records BatchView::new already checked: no allocation.
+                if let Some(index) = view.records().position(|record| record.key.is_none()) {
+                    return Err(Error::KeylessRecord {
+                        topic: crate::error::echo(&topic),
+                        index: index as u32,
+                    });
+                }
             }
             check(view, base_offset)
         };
@@ -212,6 +230,7 @@ impl Partition {
                     error,
                     Error::Storage(sluice_storage::Error::InvalidBatch(_))
                         | Error::InvalidArgument { .. }
+                        | Error::KeylessRecord { .. }
                         | Error::Conflict { .. }
                 ) {
                     self.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -300,6 +319,22 @@ impl Partition {
     /// Applies the topic's retention (blocking); returns the segments deleted.
     pub fn enforce_retention(&self) -> Result<usize> {
         Ok(self.log.enforce_retention()?)
+    }
+
+    /// Runs one compaction pass on the log if one is due (blocking; see `Log::compact`):
+    /// tombstones appended `delete_retention` or more before `now_ms` go.
+    pub fn compact(
+        &self,
+        now_ms: i64,
+        delete_retention: std::time::Duration,
+        limits: &CompactionLimits,
+    ) -> Result<CompactionReport> {
+        Ok(self.log.compact(now_ms, delete_retention, limits)?)
+    }
+
+    /// The topic's cleanup policy.
+    pub fn cleanup(&self) -> Cleanup {
+        self.cleanup
     }
 
     /// Closes the log cleanly (blocking): synced, clean-shutdown marker written.

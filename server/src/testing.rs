@@ -55,7 +55,8 @@ impl TestBroker {
     }
 
     /// Starts a broker with `env` (clock, faults) on `data_dir`, or on a fresh directory.
-    /// Retention runs only when a test asks (the interval is an hour unless `tweak` sets it).
+    /// Retention and compaction run only when a test asks (their intervals are an hour unless
+    /// `tweak` sets them).
     pub async fn start_env(
         data_dir: Option<PathBuf>,
         env: Env,
@@ -108,6 +109,7 @@ impl TestBroker {
             grpc_addr: addr,
             http_addr,
             retention_check_interval_ms: 3_600_000,
+            compaction_check_interval_ms: 3_600_000,
             ..Config::default()
         };
         tweak(&mut config);
@@ -225,13 +227,12 @@ pub fn batch(tag: &str, count: u32, value_len: usize, timestamp_ms: i64) -> Byte
     builder.finish().unwrap()
 }
 
-/// Every (offset, value) of a run of whole batches, each checked in full.
+/// Every (offset, value) of a run of whole batches, each checked in full as a stored batch
+/// (compacted batches have gaps).
 pub fn decode(batches: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     for framed in Batches::new(batches) {
-        let view = framed
-            .and_then(|f| f.validated(usize::MAX))
-            .expect("a valid batch");
+        let view = framed.and_then(|f| f.stored()).expect("a valid batch");
         for record in view.records() {
             out.push((record.offset, record.value.unwrap_or_default().to_vec()));
         }

@@ -10,12 +10,13 @@ use crate::inflight::Limiter;
 use crate::partition::Partition;
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{MAX_PARTITIONS, topic_name_problem};
-use sluice_storage::{Durability, Log, LogConfig, Store};
+use sluice_storage::{CompactionLimits, Durability, Log, LogConfig, Store};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Directory under the data directory that holds topics.
 const TOPICS_DIR: &str = "topics";
@@ -30,8 +31,54 @@ const PROGRESS_EVERY: usize = 1000;
 
 /// Default retention by age: 7 days.
 pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Default time a tombstone stays on a compacted topic after it was appended: 1 day.
+pub const DEFAULT_DELETE_RETENTION_MS: u64 = 24 * 3600 * 1000;
 /// Default fsync interval for `Durability::Interval`, when a request names none.
 pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1000;
+
+/// What a topic does with old records (`cleanup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cleanup {
+    /// Delete whole segments by `retention_bytes` and `retention_ms`.
+    #[default]
+    Delete,
+    /// Keep the latest record per key; tombstones go `delete_retention_ms` after they were
+    /// appended. Nothing is deleted by retention. Every produced record needs a key.
+    Compact,
+    /// Both: compact, and delete whole segments by retention.
+    CompactDelete,
+}
+
+impl Cleanup {
+    /// Whether the topic is compacted (and its records need keys).
+    pub fn compacts(self) -> bool {
+        matches!(self, Self::Compact | Self::CompactDelete)
+    }
+
+    /// Whether retention deletes the topic's old segments.
+    pub fn deletes(self) -> bool {
+        matches!(self, Self::Delete | Self::CompactDelete)
+    }
+
+    /// The name `topic.json` and the CLI use: `delete`, `compact` or `compact,delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Compact => "compact",
+            Self::CompactDelete => "compact,delete",
+        }
+    }
+
+    /// The policy a name stands for (`delete,compact` is `compact,delete` too).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "delete" => Some(Self::Delete),
+            "compact" => Some(Self::Compact),
+            "compact,delete" | "delete,compact" => Some(Self::CompactDelete),
+            _ => None,
+        }
+    }
+}
 
 /// A topic's settings, defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +93,10 @@ pub struct TopicSettings {
     pub durability: Durability,
     /// Largest batch accepted, bytes.
     pub max_batch_bytes: u32,
+    /// What happens to old records: deleted by retention, compacted, or both.
+    pub cleanup: Cleanup,
+    /// On compacted topics: how long a tombstone stays after it was appended, ms.
+    pub delete_retention_ms: u64,
 }
 
 impl Default for TopicSettings {
@@ -57,19 +108,26 @@ impl Default for TopicSettings {
             segment_bytes: log.segment_bytes,
             durability: Durability::Always,
             max_batch_bytes: log.max_batch_bytes,
+            cleanup: Cleanup::Delete,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
         }
     }
 }
 
 impl TopicSettings {
     /// The storage configuration of each partition, checked; bad values are
-    /// `INVALID_ARGUMENT`s naming the field.
+    /// `INVALID_ARGUMENT`s naming the field. Retention applies only if `cleanup` deletes
+    /// (`retention_bytes` and `retention_ms` are kept, and shown, either way).
     pub fn log_config(&self) -> Result<LogConfig> {
+        let deletes = self.cleanup.deletes();
         let config = LogConfig {
             segment_bytes: self.segment_bytes,
             max_batch_bytes: self.max_batch_bytes,
-            retention_bytes: self.retention_bytes,
-            retention_age: self.retention_ms.map(Duration::from_millis),
+            retention_bytes: self.retention_bytes.filter(|_| deletes),
+            retention_age: self
+                .retention_ms
+                .filter(|_| deletes)
+                .map(Duration::from_millis),
             durability: self.durability,
             ..LogConfig::default()
         };
@@ -93,7 +151,9 @@ impl TopicSettings {
 }
 
 /// `topic.json`'s settings, as written since the first release: durability as a string
-/// (`"always"`, `"interval"`, `"never"`) and its interval beside it.
+/// (`"always"`, `"interval"`, `"never"`) and its interval beside it. `cleanup` (a
+/// [`Cleanup`] name) and `delete_retention_ms` came with compaction: files without them read
+/// as `delete` and the default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredSettings {
@@ -103,6 +163,18 @@ struct StoredSettings {
     fsync: String,
     fsync_interval_ms: u64,
     max_batch_bytes: u32,
+    #[serde(default = "default_cleanup")]
+    cleanup: String,
+    #[serde(default = "default_delete_retention_ms")]
+    delete_retention_ms: u64,
+}
+
+fn default_cleanup() -> String {
+    Cleanup::Delete.as_str().to_owned()
+}
+
+fn default_delete_retention_ms() -> u64 {
+    DEFAULT_DELETE_RETENTION_MS
 }
 
 impl StoredSettings {
@@ -119,6 +191,8 @@ impl StoredSettings {
             fsync: fsync.to_owned(),
             fsync_interval_ms: interval,
             max_batch_bytes: settings.max_batch_bytes,
+            cleanup: settings.cleanup.as_str().to_owned(),
+            delete_retention_ms: settings.delete_retention_ms,
         }
     }
 
@@ -129,12 +203,16 @@ impl StoredSettings {
             "never" => Durability::Never,
             other => return Err(format!("unknown fsync policy {other:?}")),
         };
+        let cleanup = Cleanup::parse(&self.cleanup)
+            .ok_or_else(|| format!("unknown cleanup policy {:?}", self.cleanup))?;
         Ok(TopicSettings {
             retention_bytes: self.retention_bytes,
             retention_ms: self.retention_ms,
             segment_bytes: self.segment_bytes,
             durability,
             max_batch_bytes: self.max_batch_bytes,
+            cleanup,
+            delete_retention_ms: self.delete_retention_ms,
         })
     }
 }
@@ -188,6 +266,9 @@ pub struct Topics {
     partition_inflight_bytes: u32,
     /// The broker-wide and per-connection in-flight bounds every partition shares.
     limiter: Arc<Limiter>,
+    /// How many topics are compacted, so the compactor sleeps (with no timer armed) while
+    /// none is.
+    compacted: watch::Sender<usize>,
 }
 
 /// Checks a topic name: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`; names starting with `__`
@@ -211,6 +292,7 @@ impl Topics {
             creating: Mutex::new(HashSet::new()),
             partition_inflight_bytes: limiter.partition_limit(),
             limiter,
+            compacted: watch::Sender::new(0),
         };
         let root = topics.root.join(TOPICS_DIR);
         if !root.exists() {
@@ -248,8 +330,23 @@ impl Topics {
         for topic in opened {
             registry.insert(topic.name.clone(), Arc::new(topic));
         }
+        topics.count_compacted(&registry);
         drop(registry);
         Ok(topics)
+    }
+
+    /// Publishes how many of `registry`'s topics are compacted.
+    fn count_compacted(&self, registry: &HashMap<String, Arc<Topic>>) {
+        let count = registry
+            .values()
+            .filter(|t| t.settings.cleanup.compacts())
+            .count();
+        self.compacted.send_replace(count);
+    }
+
+    /// Watches how many topics are compacted (the compactor waits for one).
+    pub fn watch_compacted(&self) -> watch::Receiver<usize> {
+        self.compacted.subscribe()
     }
 
     /// Opens the partitions of `metas` on [`PARTITION_THREADS`] threads (recovery is mostly
@@ -313,6 +410,7 @@ impl Topics {
                 partitions.push(Arc::new(Partition::new(
                     Arc::clone(&name),
                     id,
+                    topic_settings.cleanup,
                     log,
                     Arc::clone(&self.limiter),
                     self.partition_inflight_bytes,
@@ -446,7 +544,10 @@ impl Topics {
         match self.open_topics(std::slice::from_ref(&meta)) {
             Ok(mut opened) => {
                 let topic = Arc::new(opened.remove(0));
-                self.write().insert(name.to_owned(), Arc::clone(&topic));
+                let mut registry = self.write();
+                registry.insert(name.to_owned(), Arc::clone(&topic));
+                self.count_compacted(&registry);
+                drop(registry);
                 tracing::info!(topic = name, partitions, "created topic");
                 Ok(topic)
             }
@@ -464,10 +565,14 @@ impl Topics {
 
     /// Deletes a topic and its data (blocking). In-flight reads keep their maps until done.
     pub fn delete(&self, name: &str) -> Result<()> {
-        let topic = self
-            .write()
-            .remove(name)
-            .ok_or_else(|| Error::unknown_topic(name))?;
+        let topic = {
+            let mut registry = self.write();
+            let topic = registry
+                .remove(name)
+                .ok_or_else(|| Error::unknown_topic(name))?;
+            self.count_compacted(&registry);
+            topic
+        };
         // Waiters (long polls, subscriptions) end with NOT_FOUND.
         for partition in &topic.partitions {
             partition.mark_deleted();
@@ -482,6 +587,52 @@ impl Topics {
         std::fs::remove_dir_all(&topic.dir).map_err(|e| Error::io("remove", &topic.dir, e))?;
         tracing::info!(topic = name, "deleted topic");
         Ok(())
+    }
+
+    /// Runs one compaction pass, if one is due, on every partition of every compacted topic
+    /// (blocking), tombstones judged against `now_ms` (the broker's clock); returns the
+    /// passes that ran. One pass a partition: its work is bounded by `limits`. Stops between
+    /// partitions once `stopping()` says so.
+    pub fn compact(
+        &self,
+        now_ms: i64,
+        limits: &CompactionLimits,
+        stopping: impl Fn() -> bool,
+    ) -> usize {
+        let mut ran = 0;
+        for topic in self.list() {
+            if !topic.settings.cleanup.compacts() {
+                continue;
+            }
+            let delete_retention = Duration::from_millis(topic.settings.delete_retention_ms);
+            for partition in &topic.partitions {
+                if stopping() {
+                    return ran;
+                }
+                match partition.compact(now_ms, delete_retention, limits) {
+                    Ok(report) if report.segments_replaced > 0 => {
+                        ran += 1;
+                        tracing::info!(
+                            partition = %partition.name(),
+                            cleaned_to = report.cleaned_to,
+                            segments_replaced = report.segments_replaced,
+                            bytes_before = report.bytes_before,
+                            bytes_after = report.bytes_after,
+                            superseded = report.records_superseded,
+                            tombstones_expired = report.tombstones_expired,
+                            "compacted partition"
+                        );
+                    }
+                    Ok(report) => ran += usize::from(report.ran),
+                    // Deleted or stopping meanwhile.
+                    Err(Error::Storage(sluice_storage::Error::Closed { .. })) => {}
+                    Err(error) => {
+                        tracing::warn!(partition = %partition.name(), %error, "compaction failed");
+                    }
+                }
+            }
+        }
+        ran
     }
 
     /// Runs retention on every partition (blocking).
@@ -593,6 +744,9 @@ fn remove_if_present(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partition::Origin;
+    use sluice_storage::StoreConfig;
+    use sluice_storage::format::{BatchBuilder, Batches};
 
     #[test]
     fn names_are_checked() {
@@ -622,15 +776,137 @@ mod tests {
             Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "segment_bytes"),
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
-        // The file format of the first release still reads.
+        // The file format of the first release still reads; what it lacks takes defaults.
         let text = r#"{"retention_bytes":null,"retention_ms":604800000,"segment_bytes":1073741824,
             "fsync":"interval","fsync_interval_ms":100,"max_batch_bytes":4194304}"#;
         let stored: StoredSettings = serde_json::from_str(text)
             .map_err(|e| e.to_string())
             .unwrap_or_else(|e| panic!("{e}"));
+        let read = stored.settings();
         assert_eq!(
-            stored.settings().map(|s| s.durability),
+            read.as_ref().map(|s| s.durability),
             Ok(Durability::Interval(Duration::from_millis(100)))
         );
+        assert_eq!(
+            read.map(|s| (s.cleanup, s.delete_retention_ms)),
+            Ok((Cleanup::Delete, DEFAULT_DELETE_RETENTION_MS))
+        );
+    }
+
+    #[test]
+    fn cleanup_round_trips_and_compact_turns_retention_off() {
+        for cleanup in [Cleanup::Delete, Cleanup::Compact, Cleanup::CompactDelete] {
+            assert_eq!(Cleanup::parse(cleanup.as_str()), Some(cleanup));
+            let settings = TopicSettings {
+                cleanup,
+                delete_retention_ms: 5,
+                retention_bytes: Some(1 << 20),
+                ..TopicSettings::default()
+            };
+            assert_eq!(
+                StoredSettings::new(&settings).settings(),
+                Ok(settings.clone())
+            );
+            let config = settings.log_config().map_err(|e| e.to_string());
+            let retention = config.map(|c| (c.retention_bytes, c.retention_age));
+            let expected = if cleanup.deletes() {
+                (
+                    Some(1 << 20),
+                    Some(Duration::from_millis(DEFAULT_RETENTION_MS)),
+                )
+            } else {
+                (None, None)
+            };
+            assert_eq!(retention, Ok(expected), "{cleanup:?}");
+        }
+        assert_eq!(
+            Cleanup::parse("delete,compact"),
+            Some(Cleanup::CompactDelete)
+        );
+        assert_eq!(Cleanup::parse("compacted"), None);
+        let text = r#"{"retention_bytes":null,"retention_ms":null,"segment_bytes":1073741824,
+            "fsync":"always","fsync_interval_ms":1000,"max_batch_bytes":4194304,
+            "cleanup":"shred","delete_retention_ms":1}"#;
+        let stored: StoredSettings = serde_json::from_str(text)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(stored.settings().is_err_and(|e| e.contains("shred")));
+    }
+
+    /// One batch of `(key, value)` records.
+    fn batch(records: &[(Option<&str>, &str)]) -> bytes::Bytes {
+        let mut builder = BatchBuilder::new();
+        for (key, value) in records {
+            let pushed = builder.push(0, key.map(str::as_bytes), Some(value.as_bytes()), &[]);
+            assert!(pushed.is_ok());
+        }
+        match builder.finish() {
+            Ok(batch) => batch.freeze(),
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_topics_can_be_compacted_and_the_broker_writes_them() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let dir = dir.unwrap_or_else(|e| panic!("{e}"));
+        let opened = Store::open(dir.path(), StoreConfig::default())
+            .map_err(Error::from)
+            .and_then(|store| {
+                Topics::open(
+                    store,
+                    Arc::new(Limiter::new(64 << 20, 64 << 20, 64 << 20, 50)),
+                )
+            });
+        let topics = opened.unwrap_or_else(|e| panic!("{e}"));
+        let settings = TopicSettings {
+            cleanup: Cleanup::Compact,
+            segment_bytes: 4096,
+            max_batch_bytes: 4096,
+            durability: Durability::Never,
+            ..TopicSettings::default()
+        };
+        let topic = topics
+            .create("__state", 1, settings, true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let partition = Arc::clone(&topic.partitions[0]);
+        assert_eq!(partition.cleanup(), Cleanup::Compact);
+        // The broker's own records may lack keys; producers may not write here at all.
+        let value = "v".repeat(300);
+        for i in 0..40 {
+            let key = format!("k{}", i % 4);
+            let records = [(Some(key.as_str()), value.as_str()), (None, "broker note")];
+            let appended = partition.append(batch(&records), Origin::Broker).await;
+            assert!(appended.is_ok(), "{appended:?}");
+        }
+        let produced = partition
+            .append(batch(&[(Some("k"), "v")]), Origin::Producer { peer: None })
+            .await;
+        assert!(matches!(produced, Err(Error::InvalidArgument { .. })));
+        assert!(partition.segment_count() > 2);
+        let limits = CompactionLimits {
+            max_map_entries: 100,
+            min_dirty_percent: 0,
+        };
+        assert_eq!(topics.compact(0, &limits, || false), 1);
+        // Stopping: no partition is visited.
+        assert_eq!(topics.compact(0, &limits, || true), 0);
+        let read = partition
+            .read(0, 1 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut keys = Vec::new();
+        for framed in Batches::new(&read.batches) {
+            let view = framed
+                .and_then(|f| f.stored())
+                .unwrap_or_else(|e| panic!("{e}"));
+            keys.extend(view.records().map(|r| r.key.map(<[u8]>::to_vec)));
+        }
+        // In the first (compacted) segment: each key at most once, every keyless note kept.
+        assert!(keys.iter().filter(|k| k.is_none()).count() > 1);
+        let keyed: Vec<_> = keys.iter().flatten().collect();
+        let unique: HashSet<_> = keyed.iter().collect();
+        assert_eq!(keyed.len(), unique.len(), "{keys:?}");
+        topics.close_all();
     }
 }

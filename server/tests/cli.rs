@@ -385,3 +385,70 @@ async fn consumers_in_a_group_share_a_topic_and_the_group_can_be_inspected_and_r
     assert!(err.contains("unknown group \"g\""), "{err}");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn compacted_topics_from_the_command_line() {
+    let broker = TestBroker::start().await;
+    let (ok, out, err) = sluice(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "state",
+            "--cleanup",
+            "compact",
+            "--delete-retention-ms",
+            "60000",
+        ],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("cleanup compact  delete_retention_ms 60000"),
+        "{out}"
+    );
+    let (ok, out, _) = sluice(&broker, &["topic", "describe", "state"], "").await;
+    assert!(ok);
+    assert!(out.contains("cleanup compact "), "{out}");
+    // A plain topic shows its default.
+    let (ok, out, _) = sluice(&broker, &["topic", "create", "plain"], "").await;
+    assert!(ok);
+    assert!(
+        out.contains("cleanup delete  delete_retention_ms 86400000"),
+        "{out}"
+    );
+    let (ok, out, _) = sluice(
+        &broker,
+        &["topic", "create", "both", "--cleanup", "compact,delete"],
+        "",
+    )
+    .await;
+    assert!(ok);
+    assert!(out.contains("cleanup compact,delete"), "{out}");
+
+    // Keyed records go in; a line without a key is refused, naming the record.
+    let (ok, _, err) = sluice(
+        &broker,
+        &["produce", "state", "--key-sep", ":"],
+        "a:1\na:2\n",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = sluice(
+        &broker,
+        &["produce", "state", "--key-sep", ":"],
+        "b:1\nno key\n",
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("record 1 has no key") && err.contains("\"state\""),
+        "{err}"
+    );
+
+    let (ok, _, err) = sluice(&broker, &["topic", "create", "x", "--cleanup", "shred"], "").await;
+    assert!(!ok);
+    assert!(err.contains("\"shred\" is not a cleanup policy"), "{err}");
+    broker.stop().await;
+}

@@ -14,10 +14,17 @@
 //! - re-encoding the decoded records with `BatchBuilder` gives a valid batch that decodes to the
 //!   same records (the input may use non-minimal varints or a non-zero first timestamp delta,
 //!   so the bytes themselves may differ).
+//!
+//! The same bytes are checked as a batch read back from a log (`BatchView::stored`, which
+//! accepts compacted batches): it accepts everything `new` accepts and reads it the same; for
+//! bytes it accepts, offset deltas increase strictly up to `last_offset_delta`, `record_count`
+//! fits the span, timestamps stay `<= max_timestamp`, `with_checksum` agrees, and removing
+//! records with `retain_records` gives a valid stored batch of exactly the kept records, header
+//! fields unchanged but the count.
 
 use sluice_storage::format::{
     ATTR_CONTROL, BatchBuilder, BatchPrefix, BatchView, FormatError, HEADER_LEN, Header, MAGIC,
-    layout, stamp_base_offset,
+    Retained, layout, retain_records, stamp_base_offset,
 };
 
 /// Runs every check on one input, as given and with its frame repaired (see [`reframe`]);
@@ -47,6 +54,7 @@ fn reframe(data: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn check_one(data: &[u8]) {
+    check_stored(data);
     let view = match BatchView::new(data, usize::MAX) {
         Ok(view) => view,
         Err(error) => {
@@ -55,6 +63,18 @@ fn check_one(data: &[u8]) {
             return;
         }
     };
+    match BatchView::stored(data) {
+        Ok(stored) => assert!(
+            stored
+                .records()
+                .map(|r| (r.offset, r.timestamp, r.key, r.value))
+                .eq(view
+                    .records()
+                    .map(|r| (r.offset, r.timestamp, r.key, r.value))),
+            "a produced batch reads differently as a stored one"
+        ),
+        Err(error) => panic!("a produced batch is not a valid stored batch: {error}"),
+    }
     check_header(&view, data);
     check_records(&view);
     check_stamp(data, view.base_offset());
@@ -196,4 +216,88 @@ fn check_reencode(view: &BatchView<'_>) {
         assert!(copy.headers().eq(original.headers()));
     }
     assert!(originals.next().is_none());
+}
+
+/// The stored rule (compacted batches): what it accepts, and compacting what it accepts.
+fn check_stored(data: &[u8]) {
+    let view = match BatchView::stored(data) {
+        Ok(view) => view,
+        Err(error) => {
+            std::hint::black_box(error.to_string());
+            return;
+        }
+    };
+    let checked = match BatchView::with_checksum(data) {
+        Ok(checked) => checked,
+        Err(error) => panic!("with_checksum refused a valid stored batch: {error}"),
+    };
+    let count = view.record_count();
+    assert!(count >= 1);
+    assert!(count - 1 <= view.last_offset_delta());
+    let mut previous: Option<u32> = None;
+    let mut walked: u32 = 0;
+    for record in view.records() {
+        assert!(previous.is_none_or(|p| record.offset_delta > p));
+        assert!(record.offset_delta <= view.last_offset_delta());
+        assert_eq!(
+            record.offset,
+            view.base_offset()
+                .saturating_add(u64::from(record.offset_delta))
+        );
+        assert!(record.timestamp <= view.max_timestamp());
+        assert_eq!(
+            &data[record.position()..][..record.as_bytes().len()],
+            record.as_bytes()
+        );
+        previous = Some(record.offset_delta);
+        walked += 1;
+    }
+    assert_eq!(walked, count);
+    assert!(
+        checked
+            .records()
+            .map(|r| r.offset)
+            .eq(view.records().map(|r| r.offset))
+    );
+
+    // Keep every other record: a valid stored batch of exactly those.
+    let mut out = Vec::new();
+    let retained = retain_records(&view, |r| r.offset_delta % 2 == 0, &mut out);
+    let expected: Vec<u32> = view
+        .records()
+        .map(|r| r.offset_delta)
+        .filter(|d| d % 2 == 0)
+        .collect();
+    match retained {
+        Retained::All => {
+            assert_eq!(expected.len() as u32, count);
+            assert!(out.is_empty());
+        }
+        Retained::None => {
+            assert!(expected.is_empty());
+            assert!(out.is_empty());
+        }
+        Retained::Some(kept) => {
+            assert_eq!(kept as usize, expected.len());
+            let compacted = match BatchView::stored(&out) {
+                Ok(compacted) => compacted,
+                Err(error) => panic!("a compacted batch is invalid: {error}"),
+            };
+            assert_eq!(compacted.record_count(), kept);
+            assert!(compacted.records().map(|r| r.offset_delta).eq(expected));
+            for field in [
+                layout::BASE_OFFSET,
+                layout::LEADER_EPOCH,
+                layout::ATTRIBUTES,
+                layout::LAST_OFFSET_DELTA,
+                layout::FIRST_TIMESTAMP,
+                layout::MAX_TIMESTAMP,
+                layout::PRODUCER_ID,
+                layout::PRODUCER_EPOCH,
+                layout::BASE_SEQUENCE,
+            ] {
+                assert_eq!(out[field.clone()], data[field]);
+            }
+        }
+    }
 }

@@ -10,7 +10,8 @@ use crate::segment::SegmentFiles;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Which segment: the log's id in its store and the segment's base offset.
+/// Which segment: the log's id in its store and the segment's id (unique in the process, so a
+/// compacted segment never meets the files of the one it replaced).
 pub(crate) type Key = (u64, u64);
 
 #[derive(Debug)]

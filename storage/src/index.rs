@@ -10,6 +10,9 @@
 //! a segment and then for the first batch at least `index_interval_bytes` after the previous
 //! entry, so both indexes have the same entries; when a segment is sealed the time index gets
 //! one more entry, for its last batch, so its last entry is the segment's newest append time.
+//! The first entry is for the segment's first batch, at position 0: its relative offset is 0,
+//! but in a compacted segment whose first records were removed (and in an empty compacted
+//! segment, which has no entries).
 //! Entries increase strictly (offsets and positions) and append times never decrease. Index
 //! files hold nothing that cannot be rebuilt from the log; they carry no header and are
 //! checked and rebuilt rather than trusted.
@@ -103,14 +106,16 @@ pub(crate) fn last_before_time(buf: &[u8], count: usize, time_ms: i64) -> Option
 }
 
 /// Number of leading entries of an offset index that increase strictly and point inside a
-/// log of `log_len` bytes: the part of a possibly torn or stale index that may be trusted.
-pub(crate) fn valid_offset_prefix(buf: &[u8], log_len: u64) -> usize {
+/// log of `log_len` bytes, the first at position 0 for relative offset `first_relative` (the
+/// segment's first batch: 0 but in a compacted segment, whose first batches may be gone): the
+/// part of a possibly torn or stale index that may be trusted.
+pub(crate) fn valid_offset_prefix(buf: &[u8], log_len: u64, first_relative: u32) -> usize {
     let count = offset_count(buf, usize::MAX);
     let mut previous: Option<OffsetEntry> = None;
     for i in 0..count {
         let entry = offset_entry(buf, i);
         let increasing = match previous {
-            None => entry.relative_offset == 0 && entry.position == 0,
+            None => entry.relative_offset == first_relative && entry.position == 0,
             Some(prev) => {
                 entry.relative_offset > prev.relative_offset && entry.position > prev.position
             }
@@ -125,14 +130,15 @@ pub(crate) fn valid_offset_prefix(buf: &[u8], log_len: u64) -> usize {
 
 /// Number of leading entries of a time index whose offsets increase (the last may repeat the
 /// one before it: the seal entry of a segment whose last batch is also indexed) and whose times
-/// never decrease, with offsets below `offset_limit`.
-pub(crate) fn valid_time_prefix(buf: &[u8], offset_limit: u64) -> usize {
+/// never decrease, the first for relative offset `first_relative` (as for the offset index),
+/// with offsets below `offset_limit`.
+pub(crate) fn valid_time_prefix(buf: &[u8], offset_limit: u64, first_relative: u32) -> usize {
     let count = time_count(buf, usize::MAX);
     let mut previous: Option<TimeEntry> = None;
     for i in 0..count {
         let entry = time_entry(buf, i);
         let ordered = match previous {
-            None => entry.relative_offset == 0,
+            None => entry.relative_offset == first_relative,
             Some(prev) => {
                 entry.relative_offset >= prev.relative_offset && entry.append_ms >= prev.append_ms
             }
@@ -204,8 +210,10 @@ mod tests {
         assert_eq!(last_before_time(&buf, 4, 101), Some(1));
         assert_eq!(last_before_time(&buf, 4, 200), Some(1));
         assert_eq!(last_before_time(&buf, 4, 1000), Some(3));
-        assert_eq!(valid_time_prefix(&buf, 13), 4);
-        assert_eq!(valid_time_prefix(&buf, 12), 3);
+        assert_eq!(valid_time_prefix(&buf, 13, 0), 4);
+        assert_eq!(valid_time_prefix(&buf, 12, 0), 3);
+        // A compacted segment's first batch may start past its base offset.
+        assert_eq!(valid_time_prefix(&buf, 13, 5), 0);
     }
 
     #[test]
@@ -213,13 +221,18 @@ mod tests {
         // Zero fill after two entries: a preallocated index.
         let mut buf = offsets(&[(0, 0), (10, 4096)]);
         buf.extend_from_slice(&[0; 16]);
-        assert_eq!(valid_offset_prefix(&buf, 10_000), 2);
+        assert_eq!(valid_offset_prefix(&buf, 10_000, 0), 2);
         // An entry pointing past the log.
-        assert_eq!(valid_offset_prefix(&buf, 4096), 1);
+        assert_eq!(valid_offset_prefix(&buf, 4096, 0), 1);
+        // The first entry must name the first batch: at position 0, for the offset expected.
+        assert_eq!(valid_offset_prefix(&buf, 10_000, 3), 0);
+        let compacted = offsets(&[(3, 0), (10, 4096)]);
+        assert_eq!(valid_offset_prefix(&compacted, 10_000, 3), 2);
+        assert_eq!(valid_offset_prefix(&compacted, 10_000, 0), 0);
         // A torn last entry (partial bytes) is not counted.
         let mut torn = offsets(&[(0, 0), (10, 4096)]);
         torn.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(valid_offset_prefix(&torn, 10_000), 2);
-        assert_eq!(valid_offset_prefix(&[], 10_000), 0);
+        assert_eq!(valid_offset_prefix(&torn, 10_000, 0), 2);
+        assert_eq!(valid_offset_prefix(&[], 10_000, 0), 0);
     }
 }

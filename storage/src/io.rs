@@ -54,6 +54,10 @@ pub enum FaultOp {
     Sync,
     /// Opening or creating a log (its directory and first files), as on a full disk.
     Create,
+    /// A rename of a segment file while compaction swaps segments (matched on the target).
+    Rename,
+    /// An unlink of a replaced segment's file while compaction swaps segments.
+    Unlink,
 }
 
 /// Injected I/O failures for tests. Clones share their state, so a test keeps one handle and

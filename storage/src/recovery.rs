@@ -8,7 +8,9 @@
 //! tail, which can only hold writes that were never acknowledged as durable. Indexes are
 //! rebuilt for the walked part. Earlier segments were synced when they were sealed; their
 //! indexes are checked, and rebuilt if needed, when they are first opened (`segment.rs`).
-//! The marker is removed, durably, before the log accepts a write.
+//! The marker is removed, durably, before the log accepts a write. First of all, a compaction
+//! swap a crash interrupted is completed, or one that never committed rolled back (`swap.rs`),
+//! clean shutdown or not.
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
@@ -16,6 +18,7 @@ use crate::index::{self, OFFSET_ENTRY_LEN, OffsetEntry, TIME_ENTRY_LEN, TimeEntr
 use crate::io::sync_dir;
 use crate::mmap::{Access, map_read_only_as};
 use crate::segment::{self, CHECKPOINT, Checkpoint, OffsetRule, ScanFrom, Segment};
+use crate::swap;
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -98,20 +101,14 @@ pub(crate) fn recover(dir: &Arc<Path>, config: &LogConfig, now_ms: i64) -> Resul
     config.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", &**dir, e))?;
     let dir = Arc::clone(dir);
-    let mut bases = Vec::new();
-    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &*dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("list", &*dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(base) = segment::parse_log_name(name) {
-            bases.push(base);
-        } else if name.contains(".rebuild-") {
-            // A temporary index from an interrupted rebuild.
-            let _ = std::fs::remove_file(entry.path());
-        }
+    let mut bases = list_segments(&dir)?;
+    if bases.swap_pending {
+        // A compaction swap a crash interrupted is completed (or, never committed, rolled
+        // back) before the segments are known.
+        swap::recover(&dir)?;
+        bases = list_segments(&dir)?;
     }
-    bases.sort_unstable();
+    let bases = bases.bases;
     let marker = dir.join(CLEAN_MARKER);
     let clean = marker.exists();
 
@@ -166,6 +163,38 @@ pub(crate) fn recover(dir: &Arc<Path>, config: &LogConfig, now_ms: i64) -> Resul
     })
 }
 
+/// The segments a log directory holds.
+struct Listing {
+    /// Base offsets of the `.log` files, ascending.
+    bases: Vec<u64>,
+    /// Files of a compaction swap are present (see `swap.rs`).
+    swap_pending: bool,
+}
+
+/// Lists the segments in `dir`, removing temporary files of interrupted index rebuilds.
+fn list_segments(dir: &Path) -> Result<Listing> {
+    let mut listing = Listing {
+        bases: Vec::new(),
+        swap_pending: false,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = segment::parse_log_name(name) {
+            listing.bases.push(base);
+        } else if name.contains(".rebuild-") {
+            // A temporary index from an interrupted rebuild.
+            let _ = std::fs::remove_file(entry.path());
+        } else if swap::is_swap_file(name) {
+            listing.swap_pending = true;
+        }
+    }
+    listing.bases.sort_unstable();
+    Ok(listing)
+}
+
 /// Makes the last segment whole and ready for appends; returns where appends go on.
 fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<(Tail, Report)> {
     let log_path = active.path("log");
@@ -195,7 +224,8 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<(
         ..Report::default()
     };
 
-    let index_count = index::valid_offset_prefix(&index_bytes, file_len);
+    // The active segment is dense: its first batch is at its base offset.
+    let index_count = index::valid_offset_prefix(&index_bytes, file_len, 0);
     let entry = |i: usize| index::offset_entry(&index_bytes, i);
     let mut recovered = None;
     if clean && index_count > 0 {
@@ -271,7 +301,7 @@ fn recover_active(active: &Segment, clean: bool, config: &LogConfig) -> Result<(
     // append times are unknown, so they get the file's modification time, which is never
     // earlier than the truth (a time search may start early, never late).
     let span = scan.next_offset - active.base_offset;
-    let mut time_valid = index::valid_time_prefix(&time_bytes, span);
+    let mut time_valid = index::valid_time_prefix(&time_bytes, span, 0);
     if !clean {
         time_valid = time_valid.min(offsets.len());
     }

@@ -59,7 +59,8 @@ pub trait StateMachine {
     fn restore(&mut self, state: &[u8]) -> Result<(), Self::Error>;
 
     /// Applies one batch, in offset order. The batch passed every check of
-    /// `BatchView::new`; its records below the replay's start offset (only possible in a
+    /// `BatchView::stored` (on a compacted log it may have gaps: read each record's
+    /// `offset`, never count); its records below the replay's start offset (only possible in a
     /// snapshot's first batch, if the snapshot was not taken at a batch boundary) should be
     /// skipped by the caller.
     fn apply(&mut self, batch: &BatchView<'_>) -> Result<(), Self::Error>;
@@ -127,7 +128,8 @@ pub fn replay<M: StateMachine>(log: &Log, machine: &mut M) -> Result<Replayed, M
             if framed.prefix.base_offset >= high_watermark {
                 break;
             }
-            let view = framed.validated(usize::MAX).map_err(corrupt)?;
+            // Stored batches: compaction may have removed records from them.
+            let view = framed.stored().map_err(corrupt)?;
             offset = framed.prefix.next_offset();
             if offset <= from {
                 continue;

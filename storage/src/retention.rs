@@ -1,7 +1,7 @@
 //! Which whole segments a log may drop: the policy, apart from the mechanism that drops them
 //! (`log/cleanup.rs`). A pure function of the segments' sizes, offsets and ages, so it is tested
-//! without files. Compaction will add its own decision here ("rewrite this segment"), carried
-//! out by the same mechanism.
+//! without files. Compaction's policy, which rewrites segments rather than drops them, is
+//! `compaction.rs` (its mechanism `log/compact.rs`).
 //!
 //! Only the oldest segments go, in order, so the log stays one contiguous run of offsets; the
 //! active segment never goes, nor any segment holding offsets at or past the high watermark.

@@ -12,6 +12,8 @@ pub(crate) struct Stats {
     pub read_bytes: AtomicU64,
     pub rolled_segments: AtomicU64,
     pub deleted_segments: AtomicU64,
+    pub compactions: AtomicU64,
+    pub compacted_segments: AtomicU64,
 }
 
 /// A copy of a log's counters at one moment.
@@ -32,6 +34,10 @@ pub struct StatsSnapshot {
     pub rolled_segments: u64,
     /// Segments deleted by retention.
     pub deleted_segments: u64,
+    /// Compaction passes that ran.
+    pub compactions: u64,
+    /// Segments replaced by compaction.
+    pub compacted_segments: u64,
 }
 
 impl Stats {
@@ -49,6 +55,8 @@ impl Stats {
             read_bytes: load(&self.read_bytes),
             rolled_segments: load(&self.rolled_segments),
             deleted_segments: load(&self.deleted_segments),
+            compactions: load(&self.compactions),
+            compacted_segments: load(&self.compacted_segments),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! checks (`storage/fuzz/check.rs`), so that plain `cargo test` on stable catches a regression
 //! that the fuzzer once found or a seed exercises, without cargo-fuzz or nightly.
 //!
-//! Seeds named `valid-*` must pass `BatchView::new`, `invalid-*` must fail it; any other name (a
-//! crasher the fuzzer found, say) only has to pass the checks. The generated seeds come from
+//! Seeds named `valid-*` must pass `BatchView::new`, `invalid-*` must fail it, `compacted-*`
+//! (batches as compaction leaves them in a log) must pass `BatchView::stored` and fail
+//! `BatchView::new`; any other name (a crasher the fuzzer found, say) only has to pass the checks. The generated seeds come from
 //! [`regenerate_seeds`]: `cargo test -p sluice-storage --test fuzz_seeds -- --ignored`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +12,8 @@
 mod check;
 
 use sluice_storage::format::{
-    BatchBuilder, BatchView, HEADER_LEN, Header, MAGIC, layout, stamp_base_offset, varint,
+    BatchBuilder, BatchView, HEADER_LEN, Header, MAGIC, Retained, layout, retain_records,
+    stamp_base_offset, varint,
 };
 use std::path::{Path, PathBuf};
 
@@ -33,7 +35,7 @@ fn seeds_pass_the_fuzz_checks() {
     assert!(!paths.is_empty(), "no seeds in {}", dir.display());
 
     let mut failed = Vec::new();
-    let (mut valid, mut invalid) = (0, 0);
+    let (mut valid, mut invalid, mut compacted) = (0, 0, 0);
     for path in &paths {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let data = std::fs::read(path).unwrap();
@@ -53,6 +55,14 @@ fn seeds_pass_the_fuzz_checks() {
         } else if name.starts_with("invalid-") {
             assert!(result.is_err(), "{name} should be invalid");
             invalid += 1;
+        } else if name.starts_with("compacted-") {
+            assert!(result.is_err(), "{name} should fail the producer's check");
+            let stored = BatchView::stored(&data);
+            assert!(
+                stored.is_ok(),
+                "{name} should be a valid stored batch: {stored:?}"
+            );
+            compacted += 1;
         }
     }
     assert!(
@@ -60,8 +70,8 @@ fn seeds_pass_the_fuzz_checks() {
         "seeds failing the fuzz checks: {failed:?}"
     );
     assert!(
-        valid > 0 && invalid > 0,
-        "{valid} valid, {invalid} invalid seeds"
+        valid > 0 && invalid > 0 && compacted > 0,
+        "{valid} valid, {invalid} invalid, {compacted} compacted seeds"
     );
 }
 
@@ -190,6 +200,25 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
     ];
 
+    // As compaction leaves batches: records removed, offset deltas with gaps.
+    let twenty = seeds
+        .iter()
+        .find(|(name, _)| *name == "valid-twenty-records")
+        .map(|(_, bytes)| bytes.clone())
+        .unwrap();
+    seeds.push((
+        "compacted-every-third-kept",
+        compact(&twenty, |delta| delta % 3 == 1),
+    ));
+    seeds.push((
+        "compacted-last-record-gone",
+        compact(&sample(), |delta| delta < 2),
+    ));
+    seeds.push((
+        "compacted-only-the-last-kept",
+        compact(&sample(), |delta| delta == 2),
+    ));
+
     let mut flipped = sample();
     flipped[HEADER_LEN + 2] ^= 0x04;
     seeds.push(("invalid-bit-flip", flipped));
@@ -219,6 +248,15 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     seeds.push(("invalid-header-key-not-utf8", craft(&bad_key, 1, 0, 0)));
     seeds.push(("invalid-zeros", vec![0; sample().len()]));
     seeds
+}
+
+/// `batch` with only the records whose offset delta `keep` selects (at least one, not all).
+fn compact(batch: &[u8], keep: impl Fn(u32) -> bool) -> Vec<u8> {
+    let view = BatchView::new(batch, usize::MAX).unwrap();
+    let mut out = Vec::new();
+    let retained = retain_records(&view, |r| keep(r.offset_delta), &mut out);
+    assert!(matches!(retained, Retained::Some(_)), "{retained:?}");
+    out
 }
 
 type Push<'a> = (i64, Option<&'a [u8]>, Option<&'a [u8]>, &'a [Header<'a>]);

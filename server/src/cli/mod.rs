@@ -10,7 +10,7 @@ mod produce;
 mod topic;
 
 use clap::{Args, Subcommand};
-use sluice_client::admin::FsyncPolicy;
+use sluice_client::admin::{CleanupPolicy, FsyncPolicy};
 use sluice_client::{Admin, ConnectionConfig};
 
 /// The commands that talk to a running broker.
@@ -87,6 +87,18 @@ pub fn parse_fsync(text: &str) -> Result<FsyncPolicy, String> {
         "never" => Ok(FsyncPolicy::Never),
         other => Err(format!(
             "{other:?} is not a durability: use always, interval or never"
+        )),
+    }
+}
+
+/// `delete`, `compact` or `compact,delete`, as `--cleanup` takes it.
+pub fn parse_cleanup(text: &str) -> Result<CleanupPolicy, String> {
+    match text {
+        "delete" => Ok(CleanupPolicy::Delete),
+        "compact" => Ok(CleanupPolicy::Compact),
+        "compact,delete" | "delete,compact" => Ok(CleanupPolicy::CompactDelete),
+        other => Err(format!(
+            "{other:?} is not a cleanup policy: use delete, compact or compact,delete"
         )),
     }
 }

@@ -1,8 +1,8 @@
 //! `sluice topic create|list|describe|delete`.
 
-use super::{BrokerArgs, parse_fsync};
+use super::{BrokerArgs, parse_cleanup, parse_fsync};
 use clap::{Args, Subcommand};
-use sluice_client::admin::{FsyncPolicy, TopicConfig, TopicDescription};
+use sluice_client::admin::{CleanupPolicy, FsyncPolicy, TopicConfig, TopicDescription};
 use std::io::Write;
 
 #[derive(Debug, Args)]
@@ -37,6 +37,14 @@ enum TopicCommand {
         /// Largest batch accepted, bytes [default: 4 MiB].
         #[arg(long)]
         max_batch_bytes: Option<u32>,
+        /// What happens to old records: delete (by retention), compact (keep the latest record
+        /// per key; every record needs a key) or compact,delete [default: delete].
+        #[arg(long, value_parser = parse_cleanup)]
+        cleanup: Option<CleanupPolicy>,
+        /// On compacted topics, how long a tombstone (a null value) stays after it was
+        /// appended, ms [default: 1 day].
+        #[arg(long)]
+        delete_retention_ms: Option<u64>,
     },
     /// List topics.
     List,
@@ -55,6 +63,12 @@ fn print_description(out: &mut impl Write, topic: &TopicDescription) -> std::io:
                 .to_lowercase()
         })
         .unwrap_or_default();
+    let cleanup = match CleanupPolicy::try_from(config.cleanup) {
+        Ok(CleanupPolicy::Unspecified | CleanupPolicy::Delete) => "delete",
+        Ok(CleanupPolicy::Compact) => "compact",
+        Ok(CleanupPolicy::CompactDelete) => "compact,delete",
+        Err(_) => "unknown",
+    };
     writeln!(out, "topic {}", topic.name)?;
     writeln!(
         out,
@@ -63,6 +77,11 @@ fn print_description(out: &mut impl Write, topic: &TopicDescription) -> std::io:
         config.max_batch_bytes.unwrap_or_default(),
         config.retention_bytes.unwrap_or(-1),
         config.retention_ms.unwrap_or(-1),
+    )?;
+    writeln!(
+        out,
+        "  cleanup {cleanup}  delete_retention_ms {}",
+        config.delete_retention_ms.unwrap_or_default(),
     )?;
     writeln!(
         out,
@@ -97,6 +116,8 @@ pub async fn run(args: TopicArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
             fsync,
             fsync_interval_ms,
             max_batch_bytes,
+            cleanup,
+            delete_retention_ms,
         } => {
             let config = TopicConfig {
                 retention_bytes,
@@ -105,6 +126,8 @@ pub async fn run(args: TopicArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
                 fsync: fsync.unwrap_or(FsyncPolicy::Unspecified) as i32,
                 fsync_interval_ms,
                 max_batch_bytes,
+                cleanup: cleanup.unwrap_or(CleanupPolicy::Unspecified) as i32,
+                delete_retention_ms,
             };
             let created = admin.create_topic(&name, partitions, config).await?;
             print_description(&mut out, &created)?;

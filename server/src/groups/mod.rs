@@ -136,6 +136,7 @@ impl Groups {
                     segment_bytes: offsets_segment_bytes,
                     durability: Durability::Always,
                     max_batch_bytes: offsets_segment_bytes.min(1 << 20) as u32,
+                    ..TopicSettings::default()
                 };
                 let topic = topics.create(GROUPS_TOPIC, 1, settings, true)?;
                 Arc::clone(topic.partition(0)?)

@@ -236,6 +236,7 @@ impl Offsets {
                     segment_bytes,
                     durability: Durability::Always,
                     max_batch_bytes: segment_bytes.min(1 << 20) as u32,
+                    ..TopicSettings::default()
                 };
                 topics.create(OFFSETS_TOPIC, 1, settings, true)?
             }

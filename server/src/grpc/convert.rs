@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::groups::{DEFAULT_SESSION_TIMEOUT_MS, GroupDescription, Join, ResetTo, TopicPartition};
-use crate::topics::{DEFAULT_FSYNC_INTERVAL_MS, Topic, TopicSettings};
+use crate::topics::{Cleanup, DEFAULT_FSYNC_INTERVAL_MS, Topic, TopicSettings};
 use sluice_proto::v1 as pb;
 use sluice_storage::Durability;
 use std::collections::BTreeSet;
@@ -46,6 +46,18 @@ pub fn topic_settings(config: Option<&pb::TopicConfig>) -> Result<TopicSettings>
             ));
         }
     };
+    let cleanup = match pb::CleanupPolicy::try_from(config.cleanup) {
+        Ok(pb::CleanupPolicy::Unspecified | pb::CleanupPolicy::Delete) => Cleanup::Delete,
+        Ok(pb::CleanupPolicy::Compact) => Cleanup::Compact,
+        Ok(pb::CleanupPolicy::CompactDelete) => Cleanup::CompactDelete,
+        Err(_) => {
+            return Err(Error::invalid(
+                "cleanup",
+                config.cleanup,
+                "unknown cleanup policy: use DELETE (1), COMPACT (2) or COMPACT_DELETE (3)",
+            ));
+        }
+    };
     let segment_bytes = config.segment_bytes.unwrap_or(defaults.segment_bytes);
     // A batch must fit a segment: with small segments the default shrinks to match.
     let default_batch = u64::from(defaults.max_batch_bytes).min(segment_bytes);
@@ -58,6 +70,10 @@ pub fn topic_settings(config: Option<&pb::TopicConfig>) -> Result<TopicSettings>
         segment_bytes,
         durability,
         max_batch_bytes,
+        cleanup,
+        delete_retention_ms: config
+            .delete_retention_ms
+            .unwrap_or(defaults.delete_retention_ms),
     };
     settings.log_config()?;
     Ok(settings)
@@ -80,6 +96,12 @@ pub fn topic_config(settings: &TopicSettings) -> pb::TopicConfig {
         fsync: fsync as i32,
         fsync_interval_ms: interval,
         max_batch_bytes: Some(settings.max_batch_bytes),
+        cleanup: match settings.cleanup {
+            Cleanup::Delete => pb::CleanupPolicy::Delete,
+            Cleanup::Compact => pb::CleanupPolicy::Compact,
+            Cleanup::CompactDelete => pb::CleanupPolicy::CompactDelete,
+        } as i32,
+        delete_retention_ms: Some(settings.delete_retention_ms),
     }
 }
 
@@ -249,5 +271,49 @@ mod tests {
             settings.as_ref().map(|s| s.durability),
             Ok(Durability::Interval(Duration::from_millis(250)))
         );
+    }
+
+    #[test]
+    fn cleanup_policies_convert_both_ways_and_unknown_ones_are_refused() {
+        for (wire, cleanup) in [
+            (pb::CleanupPolicy::Unspecified, Cleanup::Delete),
+            (pb::CleanupPolicy::Delete, Cleanup::Delete),
+            (pb::CleanupPolicy::Compact, Cleanup::Compact),
+            (pb::CleanupPolicy::CompactDelete, Cleanup::CompactDelete),
+        ] {
+            let config = pb::TopicConfig {
+                cleanup: wire as i32,
+                ..Default::default()
+            };
+            let settings = topic_settings(Some(&config)).map_err(|e| e.to_string());
+            assert_eq!(settings.as_ref().map(|s| s.cleanup), Ok(cleanup));
+            assert_eq!(
+                settings.as_ref().map(|s| s.delete_retention_ms),
+                Ok(crate::topics::DEFAULT_DELETE_RETENTION_MS)
+            );
+            let shown = settings.map(|s| topic_config(&s).cleanup);
+            let expected = match wire {
+                pb::CleanupPolicy::Unspecified => pb::CleanupPolicy::Delete,
+                other => other,
+            };
+            assert_eq!(shown, Ok(expected as i32));
+        }
+        let config = pb::TopicConfig {
+            cleanup: pb::CleanupPolicy::Compact as i32,
+            delete_retention_ms: Some(60_000),
+            ..Default::default()
+        };
+        let shown = topic_settings(Some(&config)).map(|s| topic_config(&s).delete_retention_ms);
+        assert_eq!(shown.ok().flatten(), Some(60_000));
+        let bad = pb::TopicConfig {
+            cleanup: 9,
+            ..Default::default()
+        };
+        match topic_settings(Some(&bad)) {
+            Err(Error::InvalidArgument { field, value, .. }) => {
+                assert_eq!((field, value.as_str()), ("cleanup", "9"));
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
     }
 }

@@ -17,7 +17,7 @@ impl From<Error> for Status {
             | Error::UnknownGroup { .. } => Code::NotFound,
             Error::Fenced { .. } => Code::FailedPrecondition,
             Error::TopicExists { .. } => Code::AlreadyExists,
-            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::InvalidArgument { .. } | Error::KeylessRecord { .. } => Code::InvalidArgument,
             Error::Conflict { .. } => Code::Aborted,
             Error::Busy { retry_after_ms, .. } => return busy_status(message, *retry_after_ms),
             Error::Storage(storage) => storage_code(storage),

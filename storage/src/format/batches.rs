@@ -7,8 +7,9 @@
 //!
 //! The walk reads each batch's [`BatchPrefix`] and steps `12 + batch_len` bytes; it checks only
 //! that the prefix is whole and the batch fits in what is left. What else a caller checks is its
-//! choice: [`Framed::checked`] (header and CRC: a batch a broker validated in full) or
-//! [`Framed::validated`] (every check of `BatchView::new`: untrusted bytes).
+//! choice: [`Framed::checked`] (header and CRC: a batch a broker validated in full),
+//! [`Framed::stored`] (every check, as a batch read back from a log, compacted or not) or
+//! [`Framed::validated`] (every check of `BatchView::new`: a producer's untrusted bytes).
 
 use super::{BatchPrefix, BatchView, FormatError, HEADER_LEN};
 
@@ -100,9 +101,16 @@ impl<'a> Framed<'a> {
         BatchView::with_checksum(self.bytes)
     }
 
-    /// Every check of [`BatchView::new`], against `max_batch_bytes`: for untrusted bytes.
+    /// Every check of [`BatchView::new`], against `max_batch_bytes`: for a producer's
+    /// untrusted bytes, whose offsets must be dense.
     pub fn validated(&self, max_batch_bytes: usize) -> Result<BatchView<'a>, FormatError> {
         BatchView::new(self.bytes, max_batch_bytes)
+    }
+
+    /// Every check of [`BatchView::stored`]: for a batch read back from a log, which
+    /// compaction may have thinned (offset gaps inside it).
+    pub fn stored(&self) -> Result<BatchView<'a>, FormatError> {
+        BatchView::stored(self.bytes)
     }
 }
 

@@ -24,7 +24,7 @@
 //! |     16 |    1 | `magic`             | format version, [`MAGIC`]                           |
 //! |     17 |    4 | `crc`               | CRC-32 (IEEE) of bytes `[21, 12 + batch_len)`       |
 //! |     21 |    2 | `attributes`        | bits 0–2 compression, bit 4 transactional, bit 5 control |
-//! |     23 |    4 | `last_offset_delta` | `record_count - 1`                                  |
+//! |     23 |    4 | `last_offset_delta` | `record_count - 1` (compacted: at least that)       |
 //! |     27 |    8 | `first_timestamp`   | producer create time of the first record, ms        |
 //! |     35 |    8 | `max_timestamp`     | largest record timestamp, ms                        |
 //! |     43 |    8 | `producer_id`       | −1: not idempotent                                  |
@@ -35,9 +35,22 @@
 //!
 //! A record's `length` counts the bytes after the length varint; a key or value length of −1
 //! means null; header keys are UTF-8 and never null. Null and empty are different values.
+//!
+//! **Compacted batches.** A producer's batch holds dense offsets: offset deltas `0..n` and
+//! `last_offset_delta = record_count − 1` ([`BatchView::new`] insists). Compaction (design.md
+//! §3) removes records from stored batches with [`retain_records`]: the rewritten batch keeps
+//! every header field but two — `record_count` shrinks, `batch_len` and `crc` follow — and its
+//! records keep their bytes, so their `offset_delta`, `timestamp_delta` and offsets are
+//! unchanged. So in a compacted batch offset deltas increase strictly with gaps,
+//! `last_offset_delta` still names the batch's last offset *before* compaction (the next batch
+//! starts after it), `record_count <= last_offset_delta + 1`, and `max_timestamp` may exceed
+//! every remaining record's. A batch left with no records is dropped whole, leaving a gap
+//! between batches. [`BatchView::stored`] and [`BatchView::with_checksum`] accept both forms;
+//! [`BatchView::new`] accepts only the producer's.
 
 mod batches;
 mod builder;
+mod retain;
 pub mod varint;
 mod view;
 
@@ -46,6 +59,7 @@ mod tests;
 
 pub use batches::{Batches, Framed};
 pub use builder::BatchBuilder;
+pub use retain::{Retained, retain_records};
 pub use view::{BatchView, HeaderIter, Record, Records};
 
 use std::ops::Range;
@@ -68,7 +82,7 @@ pub mod layout {
     pub const CRC_START: usize = 21;
     /// `u16` attribute bits.
     pub const ATTRIBUTES: Range<usize> = 21..23;
-    /// `u32` `record_count - 1`.
+    /// `u32` `record_count - 1` (in a compacted batch, the last offset it held before).
     pub const LAST_OFFSET_DELTA: Range<usize> = 23..27;
     /// `i64` first record's timestamp, ms.
     pub const FIRST_TIMESTAMP: Range<usize> = 27..35;
@@ -217,6 +231,31 @@ pub enum FormatError {
         index: u32,
         /// Offset delta found.
         found: i64,
+    },
+    /// A stored (possibly compacted) batch declares more records than its offsets span.
+    #[error(
+        "record_count {record_count} exceeds the offsets last_offset_delta {last_offset_delta} spans"
+    )]
+    RecordCountOverSpan {
+        /// From the header.
+        last_offset_delta: u32,
+        /// From the header.
+        record_count: u32,
+    },
+    /// In a stored (possibly compacted) batch, a record's offset delta does not increase past
+    /// the previous record's or exceeds `last_offset_delta`.
+    #[error(
+        "record {index}: offset delta {found}, expected above {previous} and at most {last_offset_delta}"
+    )]
+    StoredOffsetDelta {
+        /// Record index in the batch.
+        index: u32,
+        /// Offset delta found.
+        found: i64,
+        /// The previous record's offset delta (−1 before the first record).
+        previous: i64,
+        /// From the header.
+        last_offset_delta: u32,
     },
     /// `max_timestamp` is not the largest record timestamp.
     #[error("max_timestamp {declared} does not match the largest record timestamp {actual}")]

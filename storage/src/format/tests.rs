@@ -1027,3 +1027,230 @@ fn stamping_base_offset_and_leader_epoch_keeps_the_batch_valid() {
     let offsets: Vec<u64> = view.records().map(|r| r.offset).collect();
     assert_eq!(offsets, [u64::MAX - 2, u64::MAX - 1, u64::MAX]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Compacted (stored) batches
+// ---------------------------------------------------------------------------------------------
+
+proptest! {
+    /// Removing any subset of a batch's records gives a valid stored batch holding exactly
+    /// the kept records at their original offsets and timestamps, under the original header.
+    #[test]
+    fn retained_records_keep_offsets_timestamps_and_header(
+        model in batch_strategy(30),
+        mask in vec(any::<bool>(), 30),
+        stamp in any::<u32>(),
+    ) {
+        let mut batch = model.encode();
+        let base_offset = u64::from(stamp) << 8;
+        stamp_base_offset(&mut batch, base_offset);
+        let view = BatchView::new(&batch, usize::MAX).unwrap();
+        // Every produced batch is a valid stored batch, read the same.
+        let stored = BatchView::stored(&batch).unwrap();
+        assert_view_matches(&stored, &batch, &model, base_offset)?;
+
+        let keep = |i: usize| mask[i % mask.len()];
+        let kept: Vec<(usize, &RecordModel)> =
+            model.records.iter().enumerate().filter(|(i, _)| keep(*i)).collect();
+        let mut out = Vec::new();
+        let retained = retain_records(&view, |r| keep(r.offset_delta as usize), &mut out);
+        if kept.len() == model.records.len() {
+            prop_assert_eq!(retained, Retained::All);
+            prop_assert!(out.is_empty());
+            return Ok(());
+        }
+        if kept.is_empty() {
+            prop_assert_eq!(retained, Retained::None);
+            prop_assert!(out.is_empty());
+            return Ok(());
+        }
+        prop_assert_eq!(retained, Retained::Some(kept.len() as u32));
+        let compacted = BatchView::stored(&out).unwrap();
+        // The strict check refuses it: a producer's batch has no gaps.
+        let strict = BatchView::new(&out, usize::MAX).unwrap_err();
+        prop_assert!(matches!(strict, FormatError::LastOffsetDelta { .. }), "{:?}", strict);
+        // The header's fields, but the count, length and CRC, are the original's.
+        let same = |range: std::ops::Range<usize>| out[range.clone()] == batch[range];
+        for field in [
+            layout::BASE_OFFSET, layout::LEADER_EPOCH, layout::ATTRIBUTES,
+            layout::LAST_OFFSET_DELTA, layout::FIRST_TIMESTAMP, layout::MAX_TIMESTAMP,
+            layout::PRODUCER_ID, layout::PRODUCER_EPOCH, layout::BASE_SEQUENCE,
+        ] {
+            prop_assert!(same(field.clone()), "field {:?} changed", field);
+        }
+        prop_assert_eq!(out[layout::MAGIC], MAGIC);
+        prop_assert_eq!(compacted.record_count(), kept.len() as u32);
+        prop_assert_eq!(compacted.last_offset(), view.last_offset());
+        prop_assert_eq!(
+            BatchPrefix::parse(&out).unwrap().next_offset(),
+            BatchPrefix::parse(&batch).unwrap().next_offset()
+        );
+        prop_assert_eq!(compacted.records().count(), kept.len());
+        for (record, (index, expected)) in compacted.records().zip(&kept) {
+            prop_assert_eq!(record.offset_delta, *index as u32);
+            prop_assert_eq!(record.offset, base_offset + *index as u64);
+            prop_assert_eq!(record.timestamp, expected.timestamp);
+            prop_assert_eq!(record.key, expected.key.as_deref());
+            prop_assert_eq!(record.value, expected.value.as_deref());
+            let headers: Vec<Header<'_>> = record.headers().collect();
+            prop_assert_eq!(headers, expected.headers());
+        }
+        // A consumer's check (header and CRC) accepts it and reads the same records.
+        let checked = BatchView::with_checksum(&out).unwrap();
+        prop_assert!(checked.records().map(|r| r.offset).eq(compacted.records().map(|r| r.offset)));
+    }
+
+    #[test]
+    fn random_bytes_never_panic_as_stored_batches(
+        records in vec(any::<u8>(), 0..512),
+        record_count in 1_u32..8,
+        spare in 0_u32..4,
+        first_timestamp in any::<i64>(),
+    ) {
+        let mut batch = craft(&records, record_count, first_timestamp, i64::MAX);
+        put_u32(&mut batch, layout::LAST_OFFSET_DELTA, record_count - 1 + spare);
+        fix_crc(&mut batch);
+        if let Ok(view) = BatchView::stored(&batch) {
+            let mut previous = None;
+            for record in view.records() {
+                prop_assert!(previous.is_none_or(|p| record.offset_delta > p));
+                prop_assert!(record.offset_delta <= view.last_offset_delta());
+                prop_assert!(record.timestamp <= view.max_timestamp());
+                previous = Some(record.offset_delta);
+            }
+        }
+    }
+}
+
+/// Records with offset deltas `deltas`, null key and value, under a header of
+/// `last_offset_delta`.
+fn gappy(deltas: &[i64], last_offset_delta: u32) -> Vec<u8> {
+    let records: Vec<u8> = deltas.iter().flat_map(|&d| plain_record(d)).collect();
+    let mut batch = craft(&records, deltas.len() as u32, 0, 0);
+    put_u32(&mut batch, layout::LAST_OFFSET_DELTA, last_offset_delta);
+    fix_crc(&mut batch);
+    batch
+}
+
+#[test]
+fn stored_batches_may_have_gaps_but_not_disorder() {
+    let batch = gappy(&[1, 4, 9], 10);
+    let view = BatchView::stored(&batch).unwrap();
+    assert_eq!(
+        view.records().map(|r| r.offset_delta).collect::<Vec<_>>(),
+        [1, 4, 9]
+    );
+    assert!(BatchView::with_checksum(&batch).is_ok());
+    assert!(matches!(
+        err(&batch),
+        FormatError::LastOffsetDelta {
+            last_offset_delta: 10,
+            record_count: 3
+        }
+    ));
+
+    // More records than offsets.
+    let batch = gappy(&[0, 1, 2], 1);
+    for e in [
+        BatchView::stored(&batch).unwrap_err(),
+        BatchView::with_checksum(&batch).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e,
+                FormatError::RecordCountOverSpan {
+                    last_offset_delta: 1,
+                    record_count: 3
+                }
+            ),
+            "{e:?}"
+        );
+    }
+    // Deltas repeating, going back, negative, or past last_offset_delta.
+    for (deltas, index, found, previous) in [
+        (&[1, 1][..], 1, 1, 1),
+        (&[3, 2][..], 1, 2, 3),
+        (&[-1, 2][..], 0, -1, -1),
+        (&[0, 11][..], 1, 11, 0),
+    ] {
+        let e = BatchView::stored(&gappy(deltas, 10)).unwrap_err();
+        assert!(
+            matches!(e, FormatError::StoredOffsetDelta { index: i, found: f, previous: p, last_offset_delta: 10 }
+                if i == index && f == found && p == previous),
+            "{deltas:?}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stored_max_timestamp_may_exceed_but_not_fall_below_the_records() {
+    let mut batch = sample(); // timestamps 1000, 1001, 1002
+    put_i64(&mut batch, layout::MAX_TIMESTAMP, 5_000);
+    fix_crc(&mut batch);
+    assert!(BatchView::stored(&batch).is_ok());
+    assert!(matches!(err(&batch), FormatError::MaxTimestamp { .. }));
+    put_i64(&mut batch, layout::MAX_TIMESTAMP, 1_001);
+    fix_crc(&mut batch);
+    assert!(matches!(
+        BatchView::stored(&batch),
+        Err(FormatError::MaxTimestamp {
+            declared: 1_001,
+            actual: 1_002
+        })
+    ));
+}
+
+/// A compacted batch as version 1 stores it, pinned byte for byte: the builder's pinned batch
+/// of `builder_output_is_pinned` stamped at offset 42 with record 0 removed. A change here is a
+/// format change (style.md "Formats").
+#[test]
+fn compacted_batch_is_pinned() {
+    let mut builder = BatchBuilder::new().producer(7, 2, 100);
+    let headers = [Header {
+        key: "h",
+        value: None,
+    }];
+    builder
+        .push(1_000, Some(b"k"), Some(b"v"), &headers)
+        .unwrap();
+    builder.push(999, None, Some(b""), &[]).unwrap();
+    let mut batch = builder.finish().unwrap();
+    stamp_base_offset(&mut batch, 42);
+    let view = BatchView::new(&batch, usize::MAX).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(
+        retain_records(&view, |r| r.offset_delta == 1, &mut out),
+        Retained::Some(1)
+    );
+    let expected: [u8; 68] = [
+        0x2a, 0, 0, 0, 0, 0, 0, 0, // base_offset 42
+        0x38, 0, 0, 0, // batch_len 56
+        0, 0, 0, 0,    // leader_epoch
+        0x01, // magic
+        0x24, 0x09, 0x53, 0xd8, // crc 0xd8530924
+        0, 0, // attributes
+        0x01, 0, 0, 0, // last_offset_delta 1, as before
+        0xe8, 0x03, 0, 0, 0, 0, 0, 0, // first_timestamp 1000
+        0xe8, 0x03, 0, 0, 0, 0, 0, 0, // max_timestamp 1000, though record 0 is gone
+        0x07, 0, 0, 0, 0, 0, 0, 0, // producer_id 7
+        0x02, 0, // producer_epoch 2
+        0x64, 0, 0, 0, // base_sequence 100
+        0x01, 0, 0, 0, // record_count 1
+        // Record 1 as it was: length 6, attributes 0, timestamp delta -1, offset delta 1,
+        // null key, empty value, no headers.
+        0x0c, 0x00, 0x01, 0x02, 0x01, 0x00, 0x00,
+    ];
+    assert_eq!(
+        out[..],
+        expected[..],
+        "crc {:#010x}",
+        crc32fast::hash(&out[layout::CRC_START..])
+    );
+    let read = BatchView::stored(&out).unwrap();
+    let record = read.records().next().unwrap();
+    assert_eq!(
+        (record.offset, record.timestamp, record.key, record.value),
+        (43, 999, None, Some(&b""[..]))
+    );
+    assert_eq!(read.records().count(), 1);
+}

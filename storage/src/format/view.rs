@@ -1,4 +1,13 @@
 //! [`BatchView`]: a batch checked once, then read without further checks or allocation.
+//!
+//! Two rules for a batch's offsets, by where the batch comes from:
+//! - **produced** ([`BatchView::new`]): a producer's batch holds offsets `0..n`: offset deltas
+//!   are exactly the record indexes and `last_offset_delta == record_count − 1`;
+//! - **stored** ([`BatchView::stored`], [`BatchView::with_checksum`]): a batch read back from
+//!   a log may have been compacted (design.md §3): records were removed, the rest kept their
+//!   offset deltas and timestamps, so deltas increase strictly and stay `<= last_offset_delta`,
+//!   `record_count <= last_offset_delta + 1`, and `max_timestamp` is at least (no longer
+//!   exactly) the largest record timestamp. Every produced batch is a valid stored batch.
 
 use super::{
     ATTR_KNOWN, FormatError, HEADER_LEN, Header, MAGIC, RecordProblem, layout, read_u32, read_u64,
@@ -14,8 +23,10 @@ use super::{
 /// `0..n`, UTF-8 header keys, `record_count` agreeing with the records walked, and
 /// `max_timestamp` agreeing with the records. The first failed check is the error.
 ///
-/// [`BatchView::with_checksum`] runs the same checks but the record walk: for batches a broker
-/// already checked in full (fetched batches), whose CRC proves they are those bytes.
+/// [`BatchView::stored`] runs the same checks under the stored rule (see the module doc): for a
+/// batch read back from a log, which compaction may have thinned. [`BatchView::with_checksum`]
+/// runs the stored rule's header checks and the CRC but not the record walk: for batches a
+/// broker already checked in full (fetched batches), whose CRC proves they are those bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchView<'a> {
     buf: &'a [u8],
@@ -23,24 +34,50 @@ pub struct BatchView<'a> {
     records_checked: bool,
 }
 
+/// Which offsets a batch may hold (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OffsetRule {
+    /// A producer's batch: offset deltas exactly `0..record_count`.
+    Produced,
+    /// A batch read back from a log: deltas strictly increasing, at most `last_offset_delta`.
+    Stored,
+}
+
 impl<'a> BatchView<'a> {
-    /// Checks `buf` as exactly one batch of at most `max_batch_bytes` bytes: every check.
+    /// Checks `buf` as exactly one batch of at most `max_batch_bytes` bytes, as a producer
+    /// sends it: every check, offsets dense.
     pub fn new(buf: &'a [u8], max_batch_bytes: usize) -> Result<Self, FormatError> {
-        let mut view = Self::check_header(buf, max_batch_bytes)?;
-        view.check_records()?;
+        Self::check(buf, max_batch_bytes, OffsetRule::Produced)
+    }
+
+    /// Checks `buf` as exactly one batch read back from a log: every check, under the stored
+    /// rule, which accepts compacted batches (records removed, offset deltas with gaps; see the
+    /// module doc). No size limit: the batch was held to one when it was appended.
+    pub fn stored(buf: &'a [u8]) -> Result<Self, FormatError> {
+        Self::check(buf, usize::MAX, OffsetRule::Stored)
+    }
+
+    fn check(buf: &'a [u8], max_batch_bytes: usize, rule: OffsetRule) -> Result<Self, FormatError> {
+        let mut view = Self::check_header(buf, max_batch_bytes, rule)?;
+        view.check_records(rule)?;
         view.records_checked = true;
         Ok(view)
     }
 
-    /// Checks the header and the CRC of `buf` but does not walk its records: the consumer's
-    /// check of a batch that the broker validated in full on produce. Iterating the records of
-    /// such a view never panics; should a record be malformed after all (a broker that did not
-    /// validate), iteration ends there and [`Records::error`] says why.
+    /// Checks the header (stored rule) and the CRC of `buf` but does not walk its records:
+    /// the consumer's check of a batch that the broker validated in full on produce (and may
+    /// have compacted since). Iterating the records of such a view never panics; should a
+    /// record be malformed after all (a broker that did not validate), iteration ends there
+    /// and [`Records::error`] says why.
     pub fn with_checksum(buf: &'a [u8]) -> Result<Self, FormatError> {
-        Self::check_header(buf, usize::MAX)
+        Self::check_header(buf, usize::MAX, OffsetRule::Stored)
     }
 
-    fn check_header(buf: &'a [u8], max_batch_bytes: usize) -> Result<Self, FormatError> {
+    fn check_header(
+        buf: &'a [u8],
+        max_batch_bytes: usize,
+        rule: OffsetRule,
+    ) -> Result<Self, FormatError> {
         if buf.len() < HEADER_LEN {
             return Err(FormatError::TooShort { len: buf.len() });
         }
@@ -82,17 +119,28 @@ impl<'a> BatchView<'a> {
         if record_count == 0 {
             return Err(FormatError::Empty);
         }
-        if view.last_offset_delta() != record_count - 1 {
-            return Err(FormatError::LastOffsetDelta {
-                last_offset_delta: view.last_offset_delta(),
-                record_count,
-            });
+        match rule {
+            OffsetRule::Produced if view.last_offset_delta() != record_count - 1 => {
+                return Err(FormatError::LastOffsetDelta {
+                    last_offset_delta: view.last_offset_delta(),
+                    record_count,
+                });
+            }
+            OffsetRule::Stored if view.last_offset_delta() < record_count - 1 => {
+                return Err(FormatError::RecordCountOverSpan {
+                    last_offset_delta: view.last_offset_delta(),
+                    record_count,
+                });
+            }
+            _ => {}
         }
         Ok(view)
     }
 
-    fn check_records(&self) -> Result<(), FormatError> {
+    fn check_records(&self, rule: OffsetRule) -> Result<(), FormatError> {
         let declared = self.record_count();
+        let last_offset_delta = i64::from(self.last_offset_delta());
+        let mut previous_delta: i64 = -1;
         let first_timestamp = self.first_timestamp();
         let mut position = HEADER_LEN;
         let mut index: u32 = 0;
@@ -124,12 +172,22 @@ impl<'a> BatchView<'a> {
             if !headers.rest.is_empty() {
                 return Err(record_error(RecordProblem::LengthMismatch));
             }
-            if record.raw_offset_delta != i64::from(index) {
-                return Err(FormatError::OffsetDelta {
-                    index,
-                    found: record.raw_offset_delta,
-                });
+            let found = record.raw_offset_delta;
+            match rule {
+                OffsetRule::Produced if found != i64::from(index) => {
+                    return Err(FormatError::OffsetDelta { index, found });
+                }
+                OffsetRule::Stored if found <= previous_delta || found > last_offset_delta => {
+                    return Err(FormatError::StoredOffsetDelta {
+                        index,
+                        found,
+                        previous: previous_delta,
+                        last_offset_delta: self.last_offset_delta(),
+                    });
+                }
+                _ => {}
             }
+            previous_delta = found;
             max_timestamp = max_timestamp.max(record.timestamp);
             position = next;
             index += 1;
@@ -140,7 +198,13 @@ impl<'a> BatchView<'a> {
                 walked: u64::from(index),
             });
         }
-        if max_timestamp != self.max_timestamp() {
+        // A compacted batch keeps its header's max_timestamp, which its largest record may
+        // have taken away with it.
+        let matches = match rule {
+            OffsetRule::Produced => max_timestamp == self.max_timestamp(),
+            OffsetRule::Stored => max_timestamp <= self.max_timestamp(),
+        };
+        if !matches {
             return Err(FormatError::MaxTimestamp {
                 declared: self.max_timestamp(),
                 actual: max_timestamp,
@@ -260,7 +324,8 @@ impl<'a> BatchView<'a> {
 pub struct Record<'a> {
     /// Absolute offset (the batch's base offset plus the record's delta).
     pub offset: u64,
-    /// Position of the record within its batch, `0..record_count`.
+    /// Offset relative to the batch's base offset: the record's index `0..record_count` in a
+    /// produced batch; in a compacted one, with gaps where records were removed.
     pub offset_delta: u32,
     /// Create time, ms since the epoch.
     pub timestamp: i64,
@@ -270,6 +335,10 @@ pub struct Record<'a> {
     pub value: Option<&'a [u8]>,
     /// Record attribute byte (none defined yet).
     pub attributes: i8,
+    /// The record's encoded bytes, its length varint included.
+    bytes: &'a [u8],
+    /// Byte position of the record in its batch.
+    position: usize,
     header_count: u64,
     header_bytes: &'a [u8],
     raw_offset_delta: i64,
@@ -289,6 +358,17 @@ impl<'a> Record<'a> {
     /// Number of headers.
     pub fn header_count(&self) -> u64 {
         self.header_count
+    }
+
+    /// The record exactly as encoded in its batch, its `length` varint included: what a
+    /// rewritten batch copies to keep the record (compaction keeps records byte for byte).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Byte position of the record in its batch.
+    pub fn position(&self) -> usize {
+        self.position
     }
 }
 
@@ -480,6 +560,8 @@ fn decode_record(
             key,
             value,
             attributes,
+            bytes: &batch[position..end],
+            position,
             header_count,
             header_bytes,
             raw_offset_delta,

@@ -36,6 +36,7 @@ impl Log {
     }
 
     fn cleanup(&self, rule: Rule) -> Result<usize> {
+        let _maintenance = self.lock_maintenance();
         let segments: Vec<Arc<Segment>> = self.read_segments().clone();
         let stats: Vec<SegmentStat> = segments
             .iter()

@@ -14,10 +14,18 @@
 //!
 //! The work is split by concern: `append.rs` (the writer, rolls, index buffering), `sync.rs`
 //! (group commit), `read.rs` (reads and time search), `cleanup.rs` (dropping whole segments,
-//! as [`retention`](crate::retention) decides).
+//! as [`retention`](crate::retention) decides), `compact.rs` (rewriting sealed segments, as
+//! [`compaction`](crate::compaction) decides).
+//!
+//! Segment maintenance (retention, compaction) runs one pass at a time per log, under the
+//! `maintenance` lock, and only on sealed segments. Compaction replaces segments: a replaced
+//! segment is marked deleted before its files change, under the `swap` lock held for writing;
+//! opening a sealed segment's files holds it for reading, so no reader ever opens a mix of old
+//! and new files, and one that meets a replaced segment looks its offset up again.
 
 mod append;
 mod cleanup;
+mod compact;
 mod read;
 mod sync;
 
@@ -63,6 +71,12 @@ pub struct Log {
     stats: Stats,
     /// Called with the new high watermark each time it advances (see `on_high_watermark`).
     listener: OnceLock<Listener>,
+    /// One segment-maintenance pass at a time (retention, compaction); `close` and `discard`
+    /// take it to wait for a pass to stop.
+    maintenance: Mutex<()>,
+    /// Read while a sealed segment's files are opened, written while compaction swaps
+    /// segment files (see the module doc).
+    swap: RwLock<()>,
     /// What opening the log found and did.
     recovery: Report,
 }
@@ -116,6 +130,8 @@ impl Log {
             closed: AtomicBool::new(false),
             stats: Stats::default(),
             listener: OnceLock::new(),
+            maintenance: Mutex::new(()),
+            swap: RwLock::new(()),
             recovery,
         })
     }
@@ -224,14 +240,30 @@ impl Log {
     }
 
     fn key(&self, segment: &Segment) -> Key {
-        (self.id, segment.base_offset)
+        (self.id, segment.id)
     }
 
-    /// The open files of `segment`, from the store's cache or freshly opened.
+    fn lock_maintenance(&self) -> MutexGuard<'_, ()> {
+        self.maintenance.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open files of `segment`, from the store's cache or freshly opened. A segment that
+    /// retention or compaction removed is not opened (its files are gone or are another
+    /// segment's now): the error is `NotFound`, and the caller, seeing
+    /// [`Segment::is_deleted`], looks its offset up again.
     fn files(&self, segment: &Segment) -> Result<Arc<SegmentFiles>> {
         let key = self.key(segment);
         if let Some(files) = self.shared.cache.get(key) {
             return Ok(files);
+        }
+        // Compaction swaps files under the write side: never open half of a swap.
+        let _swap = self.swap.read().unwrap_or_else(|p| p.into_inner());
+        if segment.is_deleted() {
+            return Err(Error::io(
+                "open",
+                segment.path("log"),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         let files = if segment.is_sealed() {
             segment.open_sealed(self.config.index_interval_bytes)?
@@ -291,6 +323,9 @@ impl Log {
         }
         self.seal_active(&mut writer)?;
         drop(writer);
+        // A maintenance pass sees `closed` and stops; wait for it, so nothing writes the
+        // directory after the marker.
+        drop(self.lock_maintenance());
         self.shared.cache.remove_log(self.id);
         let marker = self.dir.join(CLEAN_MARKER);
         std::fs::File::create(&marker)
@@ -307,8 +342,12 @@ impl Log {
     /// deleted (its topic is): later appends fail as after `close`, reads of what is mapped go
     /// on until their slices drop, and no sync, truncation or marker is spent on it.
     pub fn discard(&self) {
-        let _writer = self.lock_writer();
-        self.closed.store(true, Ordering::Release);
+        {
+            let _writer = self.lock_writer();
+            self.closed.store(true, Ordering::Release);
+        }
+        // Wait for a maintenance pass to stop: the directory is about to be removed.
+        drop(self.lock_maintenance());
         self.shared.cache.remove_log(self.id);
     }
 }

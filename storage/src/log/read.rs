@@ -1,6 +1,7 @@
 //! The read side of a log: whole batches from an offset, and the offset for a time. Readers
 //! take no writer lock: a read lock on the segment list for a binary search, then the
-//! segment's published lengths (`Acquire`) and a slice of its map.
+//! segment's published lengths (`Acquire`) and a slice of its map. A reader that meets a
+//! segment compaction replaced after it looked looks again in the new list.
 
 use super::Log;
 use crate::error::{Error, Result};
@@ -8,6 +9,18 @@ use crate::segment::Segment;
 use crate::stats::Stats;
 use bytes::Bytes;
 use std::sync::Arc;
+
+/// Times a read looks its offset up again after the segment it found was replaced by
+/// compaction meanwhile; each retry means another swap finished during the read, so this is
+/// never reached but under a storm of swaps, and then the error says so.
+const REPLACED_RETRIES: usize = 16;
+
+/// Where one attempt at a read ended.
+enum Attempt<T> {
+    Done(T),
+    /// A segment it used was replaced by compaction: look again.
+    Replaced(Error),
+}
 
 /// What a read found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +48,27 @@ impl Log {
         if offset == high_watermark {
             return Ok(empty);
         }
+        let mut attempts = 0;
+        let batches = loop {
+            match self.try_read(offset, max_bytes, high_watermark)? {
+                Attempt::Done(batches) => break batches,
+                Attempt::Replaced(error) => {
+                    attempts += 1;
+                    if attempts > REPLACED_RETRIES {
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        Stats::add(&self.stats.read_bytes, batches.len() as u64);
+        Ok(ReadResult {
+            batches,
+            high_watermark,
+        })
+    }
+
+    /// One attempt at [`read`](Self::read) on the segment list as it is now.
+    fn try_read(&self, offset: u64, max_bytes: u64, high_watermark: u64) -> Result<Attempt<Bytes>> {
         let mut segment = {
             let segments = self.read_segments();
             match segments
@@ -47,20 +81,22 @@ impl Log {
         };
         // Usually the segment holding the offset has a batch for it; after a gap at the end of
         // a compacted segment, a later one does.
-        let mut batches = Bytes::new();
         loop {
             if segment.base_offset >= high_watermark {
-                break;
+                return Ok(Attempt::Done(Bytes::new()));
             }
             let files = match self.files(&segment) {
                 Ok(files) => files,
                 // Retention deleted it between the lookup and the open.
-                Err(_) if segment.is_deleted() => return Err(self.out_of_range(offset)),
+                Err(_) if segment.is_deleted() && offset < self.earliest_offset() => {
+                    return Err(self.out_of_range(offset));
+                }
+                // Compaction replaced it: the new list has its offsets.
+                Err(error) if segment.is_deleted() => return Ok(Attempt::Replaced(error)),
                 Err(e) => return Err(e),
             };
             if let Some(found) = segment.read(&files, offset, max_bytes, high_watermark)? {
-                batches = found;
-                break;
+                return Ok(Attempt::Done(found));
             }
             // The list may have lost segments at its front meanwhile: find the next by offset.
             let next = self
@@ -70,14 +106,9 @@ impl Log {
                 .map(Arc::clone);
             match next {
                 Some(next) => segment = next,
-                None => break,
+                None => return Ok(Attempt::Done(Bytes::new())),
             }
         }
-        Stats::add(&self.stats.read_bytes, batches.len() as u64);
-        Ok(ReadResult {
-            batches,
-            high_watermark,
-        })
     }
 
     fn check_range(&self, offset: u64, high_watermark: u64) -> Result<()> {
@@ -104,6 +135,25 @@ impl Log {
     /// never later than the first batch appended at or after `time_ms`.
     pub fn offset_for_time(&self, time_ms: i64) -> Result<Option<u64>> {
         let high_watermark = self.high_watermark();
+        let mut attempts = 0;
+        loop {
+            match self.try_offset_for_time(time_ms, high_watermark)? {
+                Attempt::Done(found) => return Ok(found),
+                Attempt::Replaced(error) => {
+                    attempts += 1;
+                    if attempts > REPLACED_RETRIES {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+    }
+
+    fn try_offset_for_time(
+        &self,
+        time_ms: i64,
+        high_watermark: u64,
+    ) -> Result<Attempt<Option<u64>>> {
         let segments: Vec<Arc<Segment>> = self.read_segments().clone();
         for segment in segments {
             if segment.base_offset >= high_watermark {
@@ -111,16 +161,21 @@ impl Log {
             }
             let files = match self.files(&segment) {
                 Ok(files) => files,
-                Err(_) if segment.is_deleted() => continue,
+                // Retention deleted it: its offsets are gone, the next segment answers.
+                Err(_) if segment.is_deleted() && segment.base_offset < self.earliest_offset() => {
+                    continue;
+                }
+                // Compaction replaced it: search the new list.
+                Err(error) if segment.is_deleted() => return Ok(Attempt::Replaced(error)),
                 Err(e) => return Err(e),
             };
             if segment.last_append_ms() < time_ms {
                 continue;
             }
             if let Some(offset) = segment.find_time(&files, time_ms, high_watermark)? {
-                return Ok(Some(offset));
+                return Ok(Attempt::Done(Some(offset)));
             }
         }
-        Ok(None)
+        Ok(Attempt::Done(None))
     }
 }

@@ -39,13 +39,12 @@ pub fn small_config(durability: Durability) -> LogConfig {
     }
 }
 
-/// Every (offset, value) in a run of whole batches, each checked in full.
+/// Every (offset, value) in a run of whole batches, each checked in full (as stored batches,
+/// which compaction may have thinned).
 pub fn records(batches: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     for framed in Batches::new(batches) {
-        let view = framed
-            .and_then(|f| f.validated(usize::MAX))
-            .expect("valid batch");
+        let view = framed.and_then(|f| f.stored()).expect("valid batch");
         for record in view.records() {
             out.push((record.offset, record.value.unwrap_or_default().to_vec()));
         }
