@@ -55,11 +55,12 @@ pub struct Config {
     pub retry_after_ms: u32,
     /// Longest long poll a Fetch may ask for, ms. Default 30000; 0 ..= 300000.
     pub max_fetch_wait_ms: u32,
-    /// How often retention runs over all partitions (and committed offsets are compacted),
-    /// ms. Default 30000; 100 ..= 86400000.
+    /// How often retention runs over all partitions, ms. Default 30000; 100 ..= 86400000.
     pub retention_check_interval_ms: u64,
     /// Segment size of the internal `__consumer_offsets` and `__consumer_groups` topics when
-    /// they are created; compaction frees whole segments. Default 64 MiB; 4 KiB ..= 1 GiB.
+    /// they are created. They are compacted topics: only sealed segments are compacted, so
+    /// each holds up to one segment of commits not yet compacted. Default 64 MiB;
+    /// 4 KiB ..= 1 GiB.
     pub offsets_segment_bytes: u64,
     /// How often group members are told to heartbeat (at most a third of their session
     /// timeout), ms: a rebalance reaches members within about two of these. Default 3000;

@@ -230,8 +230,7 @@ pub async fn run(
     closed
 }
 
-/// Runs retention over every partition, and compacts committed offsets, on the configured
-/// interval until shutdown.
+/// Runs retention over every partition on the configured interval until shutdown.
 async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(broker.config.retention_check_interval_ms);
     loop {
@@ -247,9 +246,6 @@ async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         .await
         {
             tracing::warn!(%error, "retention pass failed");
-        }
-        if let Err(error) = broker.groups.compact().await {
-            tracing::warn!(%error, "compacting committed offsets failed");
         }
     }
 }

@@ -589,6 +589,49 @@ impl Topics {
         Ok(())
     }
 
+    /// Switches internal topic `name` to `cleanup = compact` (blocking): its `topic.json` is
+    /// rewritten atomically and the registry shows the new settings, over the same open
+    /// partitions. For internal topics made before they were compacted; only the broker writes
+    /// them, so the producers' key rule a partition enforces does not apply.
+    pub fn compact_internal(&self, name: &str) -> Result<Arc<Topic>> {
+        if !name.starts_with("__") {
+            return Err(Error::invalid(
+                "topic",
+                crate::error::echo(name),
+                "only internal topics are switched to compaction",
+            ));
+        }
+        let mut registry = self.write();
+        let old = registry
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::unknown_topic(name))?;
+        let settings = TopicSettings {
+            cleanup: Cleanup::Compact,
+            ..old.settings.clone()
+        };
+        let meta = TopicMeta {
+            name: name.to_owned(),
+            partitions: old.partitions.len() as u32,
+            settings: StoredSettings::new(&settings),
+        };
+        let path = old.dir.join(META_FILE);
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::BadMetadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        sluice_storage::io::write_atomically(&path, &bytes)?;
+        let topic = Arc::new(Topic {
+            name: old.name.clone(),
+            settings,
+            partitions: old.partitions.clone(),
+            dir: old.dir.clone(),
+        });
+        registry.insert(name.to_owned(), Arc::clone(&topic));
+        self.count_compacted(&registry);
+        Ok(topic)
+    }
+
     /// Runs one compaction pass, if one is due, on every partition of every compacted topic
     /// (blocking), tombstones judged against `now_ms` (the broker's clock); returns the
     /// passes that ran. One pass a partition: its work is bounded by `limits`. Stops between

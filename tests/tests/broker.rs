@@ -438,7 +438,7 @@ async fn committed_offsets_are_compacted_and_survive_restart() {
     };
     let broker = TestBroker::start_env(None, env, |c| {
         c.offsets_segment_bytes = 4096;
-        c.retention_check_interval_ms = 60_000;
+        c.compaction_check_interval_ms = 60_000;
     })
     .await;
     create_topic(&broker, "t", 4, pb::TopicConfig::default()).await;
@@ -449,8 +449,8 @@ async fn committed_offsets_are_compacted_and_survive_restart() {
             .unwrap();
     }
     let mut groups = broker.groups().await;
-    // A group that commits once, first: its only record sits in the oldest segment, so it
-    // survives only if compaction copies it forward before deleting that segment.
+    // A group that commits once, first: its only record sits in the oldest segment, at log
+    // offset 0, and compaction must keep it there (the latest record of its key).
     groups
         .commit_offsets(pb::CommitOffsetsRequest {
             member_id: String::new(),
@@ -486,8 +486,8 @@ async fn committed_offsets_are_compacted_and_survive_restart() {
                 .unwrap();
         }
     }
-    // 480 commits of ~40 bytes span several 4 KiB segments; compaction copies the 8 live ones
-    // forward and deletes the rest, on the next background pass.
+    // 480 commits of ~40 bytes span several 4 KiB segments; compaction keeps the 9 latest
+    // records of the sealed ones, on the next background pass.
     let mut admin = broker.admin().await;
     // The pass runs on real threads (blocking pool): bound the wait in real time.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -503,10 +503,16 @@ async fn committed_offsets_are_compacted_and_survive_restart() {
             .topic
             .unwrap();
         let partition = &internal.partitions[0];
-        // Compaction may also have run mid-load; what matters is that old segments went and
-        // what is left is at most the two newest 4 KiB segments.
-        if partition.earliest_offset > 0 && partition.segments <= 2 {
-            assert!(partition.size_bytes <= 2 * 4096, "{partition:?}");
+        // What is left: the 9 latest records of the sealed segments (each segment rewritten
+        // in place: their sizes before the pass grouped them) and the active segment, at most
+        // one segment's worth of the ~20 KiB committed.
+        assert_eq!(
+            internal.config.as_ref().map(|c| c.cleanup()),
+            Some(pb::CleanupPolicy::Compact),
+            "{internal:?}"
+        );
+        if partition.size_bytes <= 4096 {
+            assert_eq!(partition.earliest_offset, 0, "the early commit stays");
             break;
         }
         assert!(
@@ -549,6 +555,77 @@ async fn committed_offsets_are_compacted_and_survive_restart() {
         .offsets;
     assert_eq!(early[0].offset, Some(42));
     assert_eq!(early[0].metadata, "once");
+    broker.stop().await;
+    drop(keep);
+}
+
+#[tokio::test]
+async fn an_offsets_topic_made_before_internal_topics_were_compacted_is_switched_to_compaction() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "t", 1, pb::TopicConfig::default()).await;
+    let mut log = broker.log().await;
+    log.produce(produce("t", 0, batch("x", 10, 1, now_ms())))
+        .await
+        .unwrap();
+    let commit = |offset| pb::CommitOffsetsRequest {
+        member_id: String::new(),
+        generation: 0,
+        group: "g".into(),
+        topic: "t".into(),
+        offsets: vec![pb::PartitionOffset {
+            partition: 0,
+            offset,
+            metadata: String::new(),
+        }],
+    };
+    broker
+        .groups()
+        .await
+        .commit_offsets(commit(7))
+        .await
+        .unwrap();
+    let (dir, keep) = broker.stop_keeping_dir().await;
+    // Write the metadata as a broker from before compaction did: no cleanup fields at all.
+    let meta_path = dir.join("topics/__consumer_offsets/topic.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let settings = meta["settings"].as_object_mut().unwrap();
+    assert_eq!(settings.remove("cleanup"), Some("compact".into()));
+    settings.remove("delete_retention_ms");
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+
+    let broker = TestBroker::start_in(dir, |_| {}).await;
+    let described = broker
+        .admin()
+        .await
+        .describe_topic(pb::DescribeTopicRequest {
+            name: "__consumer_offsets".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    assert_eq!(
+        described.config.map(|c| c.cleanup()),
+        Some(pb::CleanupPolicy::Compact)
+    );
+    let stored = std::fs::read_to_string(&meta_path).unwrap();
+    assert!(stored.contains("\"cleanup\": \"compact\""), "{stored}");
+    let mut groups = broker.groups().await;
+    let fetched = groups
+        .fetch_offsets(pb::FetchOffsetsRequest {
+            group: "g".into(),
+            topic: "t".into(),
+            partitions: vec![0],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets;
+    assert_eq!(fetched[0].offset, Some(7));
+    // And the switched topic takes commits as before.
+    groups.commit_offsets(commit(8)).await.unwrap();
     broker.stop().await;
     drop(keep);
 }

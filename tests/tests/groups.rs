@@ -334,6 +334,90 @@ async fn membership_assignments_and_offsets_survive_a_broker_restart() {
     broker.stop().await;
 }
 
+/// The internal membership topic's partition, checked to be compacted.
+async fn membership_log_bytes(broker: &TestBroker) -> pb::PartitionDescription {
+    let described = broker
+        .admin()
+        .await
+        .describe_topic(pb::DescribeTopicRequest {
+            name: "__consumer_groups".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap();
+    assert_eq!(
+        described.config.as_ref().map(|c| c.cleanup()),
+        Some(pb::CleanupPolicy::Compact)
+    );
+    described.partitions[0]
+}
+
+#[tokio::test(start_paused = true)]
+async fn membership_churn_is_compacted_away_and_the_group_survives_a_restart() {
+    let env = Env {
+        clock: Clock::follow_tokio(START_MS),
+        ..Env::default()
+    };
+    let tweak = |c: &mut sluice_server::Config| {
+        c.offsets_segment_bytes = 4096;
+        c.compaction_check_interval_ms = 1000;
+        c.compaction_min_dirty_percent = 0;
+    };
+    let broker = TestBroker::start_env(None, env, tweak).await;
+    create_topic(&broker, TOPIC, PARTITIONS, pb::TopicConfig::default()).await;
+    let mut groups = broker.groups().await;
+    // 100 short-lived members: a member record and a tombstone each, and a generation record
+    // per join and per leave, over several 4 KiB segments.
+    for i in 0..100 {
+        let joined = groups
+            .join(pb::JoinRequest {
+                group: "workers".into(),
+                member_id: String::new(),
+                topics: vec![TOPIC.into()],
+                session_timeout_ms: 10_000,
+                client_id: format!("short-lived-{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        groups
+            .leave(pb::LeaveRequest {
+                group: "workers".into(),
+                member_id: joined.member_id,
+            })
+            .await
+            .unwrap();
+    }
+    let churned = membership_log_bytes(&broker).await;
+    assert!(churned.size_bytes > 3 * 4096, "{churned:?}");
+    let generation = describe_workers(&broker).await.generation;
+    assert!(generation >= 200, "{generation}");
+
+    // Compaction keeps one generation record and the members' tombstones; a day later (the
+    // tombstones' delete_retention_ms, by the broker's clock) those go too.
+    tokio::time::advance(Duration::from_secs(86_400 + 60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = membership_log_bytes(&broker).await;
+        if now.size_bytes <= 4096 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never compacted: {now:?}");
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    let env = Env {
+        clock: Clock::follow_tokio(START_MS),
+        ..Env::default()
+    };
+    let broker = broker.restart(env, tweak).await;
+    let after = describe_workers(&broker).await;
+    assert_eq!(after.generation, generation, "the generation survives");
+    assert!(after.members.is_empty(), "{after:?}");
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn group_requests_that_cannot_be_honoured_get_statuses_naming_why() {
     let broker = TestBroker::start().await;

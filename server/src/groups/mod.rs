@@ -28,7 +28,7 @@ pub use offsets::{Committed, OFFSETS_TOPIC, Offsets};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::partition::Partition;
-use crate::topics::{Topic, TopicSettings, Topics};
+use crate::topics::{Cleanup, Topic, TopicSettings, Topics};
 use membership::{Change, Membership, require_no_members};
 use sluice_proto::limits::{MAX_COMMIT_METADATA_BYTES, group_problem};
 use sluice_storage::Durability;
@@ -113,6 +113,33 @@ pub struct Groups {
     heartbeat_interval_ms: u32,
 }
 
+/// The internal topic `name` (one partition, written by the broker only, fsynced before each
+/// answer, compacted by key so it holds about one record per live key), created with
+/// `segment_bytes` segments if missing (blocking). One made before internal topics were
+/// compacted is switched to compaction.
+fn internal_topic(topics: &Topics, name: &str, segment_bytes: u64) -> Result<Arc<Topic>> {
+    let topic = match topics.get(name) {
+        Ok(topic) => topic,
+        Err(_) => {
+            let settings = TopicSettings {
+                retention_bytes: None,
+                retention_ms: None,
+                segment_bytes,
+                durability: Durability::Always,
+                max_batch_bytes: segment_bytes.min(1 << 20) as u32,
+                cleanup: Cleanup::Compact,
+                ..TopicSettings::default()
+            };
+            return topics.create(name, 1, settings, true);
+        }
+    };
+    if topic.settings.cleanup.compacts() {
+        return Ok(topic);
+    }
+    tracing::info!(topic = name, "switching an internal topic to compaction");
+    topics.compact_internal(name)
+}
+
 /// Partition counts as the assignor needs them.
 fn counts(topics: &Topics) -> impl Fn(&str) -> Option<u32> + '_ {
     move |name| topics.get(name).ok().map(|t| t.partitions.len() as u32)
@@ -127,21 +154,8 @@ impl Groups {
         clock: Clock,
     ) -> Result<Self> {
         let offsets = Offsets::open(topics, offsets_segment_bytes, clock.clone())?;
-        let log = match topics.get(GROUPS_TOPIC) {
-            Ok(topic) => Arc::clone(topic.partition(0)?),
-            Err(_) => {
-                let settings = TopicSettings {
-                    retention_bytes: None,
-                    retention_ms: None,
-                    segment_bytes: offsets_segment_bytes,
-                    durability: Durability::Always,
-                    max_batch_bytes: offsets_segment_bytes.min(1 << 20) as u32,
-                    ..TopicSettings::default()
-                };
-                let topic = topics.create(GROUPS_TOPIC, 1, settings, true)?;
-                Arc::clone(topic.partition(0)?)
-            }
-        };
+        let log =
+            Arc::clone(internal_topic(topics, GROUPS_TOPIC, offsets_segment_bytes)?.partition(0)?);
         let mut membership = Membership::new();
         let replayed = log.replay(&mut members_log::Replaying(&mut membership))?;
         membership.restored(clock.now_ms(), &counts(topics));
@@ -358,11 +372,6 @@ impl Groups {
         members_log::persist(&self.log, self.clock.now_ms(), &changes).await?;
         self.offsets.delete_group(group).await?;
         Ok(())
-    }
-
-    /// Compacts committed offsets (copying live commits forward).
-    pub async fn compact(&self) -> Result<usize> {
-        self.offsets.compact().await
     }
 
     /// Removes members whose session timed out, at each earliest deadline by the broker

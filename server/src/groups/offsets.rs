@@ -11,25 +11,25 @@
 //! value = { u64 offset | metadata (UTF-8) }              (offset little-endian)
 //! ```
 //!
-//! The topic is kept small by copying forward: [`Offsets::compact`] re-appends the latest
-//! commit of every key whose newest record sits in a sealed segment, then deletes those
-//! segments whole. So the log holds about one record per live key plus the commits since the
-//! last pass, and replay is linear in that.
+//! The topic is a compacted topic (`cleanup = compact`): the background compactor keeps the
+//! latest record per key in its sealed segments, and drops a deleted group's tombstones once
+//! they are older than the topic's `delete_retention_ms`. So the log holds about one record
+//! per live key plus the commits since the last pass, and replay is linear in that. Records
+//! keep their offsets through compaction, so the newest record of a key is still the one
+//! with the highest offset.
 //!
 //! Concurrency without a lock across appends: each key remembers the log offset of its newest
 //! *appended* record (`latest`, set in the pre-append check, under the log's writer lock) apart
 //! from its newest *acknowledged* one (`visible`, which fetches answer from). Commits run
-//! concurrently and share group commits. A compaction copy checks, under the writer lock, that
-//! no key in it got a newer record since it looked; if one did (at an offset past the cutoff,
-//! so it survives the deletion), the key is left out and the copy retried.
+//! concurrently and share group commits, and whichever finishes last, the record appended
+//! last wins, as it does in the log.
 
 use super::{validate_group, validate_metadata};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::partition::{Origin, Partition};
-use crate::topics::{Topic, TopicSettings, Topics};
+use crate::topics::{Topic, Topics};
 use bytes::Bytes;
-use sluice_storage::Durability;
 use sluice_storage::format::{BatchBuilder, BatchView};
 use sluice_storage::replay::StateMachine;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -37,11 +37,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Name of the internal topic.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
-/// Records per batch when compaction copies commits forward.
-const COMPACT_BATCH_RECORDS: usize = 1000;
-/// Times a compaction copy is rebuilt after racing commits before the pass gives up (the
-/// next pass tries again).
-const COMPACT_RETRIES: usize = 8;
+/// Records per batch of tombstones when a group is deleted.
+const TOMBSTONE_BATCH_RECORDS: usize = 1000;
 
 /// (group, topic, partition).
 type Key = (String, String, u32);
@@ -127,7 +124,7 @@ impl StateMachine for OffsetsState {
     type Error = Error;
 
     fn restore(&mut self, _state: &[u8]) -> Result<()> {
-        // Offsets copy forward instead of snapshotting, so the log holds all of its state.
+        // The compacted log holds all of the state: nothing snapshots it.
         Err(Error::BadMetadata {
             path: OFFSETS_TOPIC.into(),
             reason: "committed offsets take no snapshot, but one was found".into(),
@@ -227,20 +224,7 @@ impl Offsets {
     /// Opens (creating if needed, with `segment_bytes` segments) the internal topic and
     /// replays it (blocking).
     pub fn open(topics: &Topics, segment_bytes: u64, clock: Clock) -> Result<Self> {
-        let topic = match topics.get(OFFSETS_TOPIC) {
-            Ok(topic) => topic,
-            Err(_) => {
-                let settings = TopicSettings {
-                    retention_bytes: None,
-                    retention_ms: None,
-                    segment_bytes,
-                    durability: Durability::Always,
-                    max_batch_bytes: segment_bytes.min(1 << 20) as u32,
-                    ..TopicSettings::default()
-                };
-                topics.create(OFFSETS_TOPIC, 1, settings, true)?
-            }
-        };
+        let topic = super::internal_topic(topics, OFFSETS_TOPIC, segment_bytes)?;
         let partition = Arc::clone(topic.partition(0)?);
         let mut state = OffsetsState::default();
         let replayed = partition.replay(&mut state)?;
@@ -347,111 +331,6 @@ impl Offsets {
         Ok(())
     }
 
-    /// Copies forward the latest commit of every key whose newest record sits in a sealed
-    /// segment, waits for the copies to be durable, then deletes those segments. Returns the
-    /// segments deleted; does nothing while the log has a single segment.
-    pub async fn compact(&self) -> Result<usize> {
-        let bases = self.partition.segment_bases();
-        let Some(&cutoff) = bases.last().filter(|_| bases.len() > 1) else {
-            return Ok(0);
-        };
-        let live: Vec<(Key, Committed)> = self
-            .lock()
-            .entries
-            .iter()
-            .filter(|(_, entry)| entry.latest.log_offset < cutoff)
-            .map(|(key, entry)| (key.clone(), entry.latest.clone()))
-            .collect();
-        let mut copied = 0;
-        for chunk in live.chunks(COMPACT_BATCH_RECORDS) {
-            copied += self.copy_forward(chunk.to_vec()).await?;
-        }
-        let partition = Arc::clone(&self.partition);
-        let deleted = crate::error::blocking(move || partition.delete_before(cutoff)).await?;
-        tracing::debug!(copied, deleted, "compacted committed offsets");
-        Ok(deleted)
-    }
-
-    /// Re-appends `chunk` (keys with the latest record each had when compaction looked),
-    /// leaving out any key that got a newer record meanwhile. Returns the records copied.
-    async fn copy_forward(&self, mut chunk: Vec<(Key, Committed)>) -> Result<usize> {
-        for _ in 0..COMPACT_RETRIES {
-            if chunk.is_empty() {
-                return Ok(0);
-            }
-            let batch = encode_batch(
-                self.clock.now_ms(),
-                chunk
-                    .iter()
-                    .map(|(key, commit)| (key, commit.offset, commit.metadata.as_str())),
-            )?;
-            let state = Arc::clone(&self.state);
-            let looked = chunk.clone();
-            let appended = self
-                .partition
-                .append_checked(batch, Origin::Broker, move |_, base_offset| {
-                    let mut state = lock(&state);
-                    let raced: Vec<Key> = looked
-                        .iter()
-                        .filter(|(key, commit)| {
-                            state
-                                .entries
-                                .get(key)
-                                .is_none_or(|e| e.latest.log_offset != commit.log_offset)
-                        })
-                        .map(|(key, _)| key.clone())
-                        .collect();
-                    if !raced.is_empty() {
-                        return Err(Error::Conflict {
-                            what: "offset commits raced a compaction copy",
-                            keys: raced.len(),
-                        });
-                    }
-                    state.appended_from(base_offset, looked);
-                    Ok(())
-                })
-                .await;
-            match appended {
-                Ok((ack, ())) => {
-                    let mut state = self.lock();
-                    for (i, (key, commit)) in chunk.iter().enumerate() {
-                        // The copy replaces what fetches see only if it copies that record.
-                        let shown = state
-                            .entries
-                            .get(key)
-                            .and_then(|e| e.visible.as_ref())
-                            .is_some_and(|v| v.log_offset == commit.log_offset);
-                        if shown {
-                            let log_offset = ack.base_offset + i as u64;
-                            state.acknowledged(
-                                key,
-                                Committed {
-                                    log_offset,
-                                    ..commit.clone()
-                                },
-                            );
-                        }
-                    }
-                    return Ok(chunk.len());
-                }
-                Err(Error::Conflict { .. }) => {
-                    let state = self.lock();
-                    chunk.retain(|(key, commit)| {
-                        state
-                            .entries
-                            .get(key)
-                            .is_some_and(|e| e.latest.log_offset == commit.log_offset)
-                    });
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(Error::Conflict {
-            what: "offset commits kept racing a compaction copy; the next pass retries",
-            keys: chunk.len(),
-        })
-    }
-
     /// Groups with committed offsets.
     pub fn groups(&self) -> BTreeSet<String> {
         self.lock()
@@ -486,7 +365,7 @@ impl Offsets {
             .filter(|(g, _, _)| g == group)
             .cloned()
             .collect();
-        for chunk in keys.chunks(COMPACT_BATCH_RECORDS) {
+        for chunk in keys.chunks(TOMBSTONE_BATCH_RECORDS) {
             let mut builder = BatchBuilder::new();
             for (group, topic, partition) in chunk {
                 let key = encode_key(group, topic, *partition);
