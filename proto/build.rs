@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "sluice/v1/admin.proto",
         "sluice/v1/log.proto",
         "sluice/v1/groups.proto",
+        "sluice/v1/queue.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use sluice_proto::v1::{
-    CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest,
-    DescribeTopicRequest, ListGroupsRequest, ListTopicsRequest, ResetGroupOffsetsRequest,
-    admin_client::AdminClient, reset_group_offsets_request,
+    AlterTopicRequest, CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeTopicRequest, ListGroupsRequest, ListTopicsRequest,
+    ResetGroupOffsetsRequest, admin_client::AdminClient, reset_group_offsets_request,
 };
 use tonic::transport::Channel;
 
@@ -150,6 +150,29 @@ impl Admin {
             .await?;
         response.topic.ok_or_else(|| Error::UnexpectedResponse {
             operation: "describe topic",
+            topic: name.to_owned(),
+            what: "no topic description".to_owned(),
+        })
+    }
+
+    /// Changes `name`'s queue settings (`max_attempts`, `backoff_*`; the other fields of
+    /// `config` must be unset); returns its description.
+    pub async fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<TopicDescription> {
+        let request = AlterTopicRequest {
+            name: name.to_owned(),
+            config: Some(config),
+        };
+        let response = self
+            .call(
+                "alter topic",
+                name,
+                Idempotency::Idempotent,
+                |mut client, request| async move { client.alter_topic(request).await },
+                request,
+            )
+            .await?;
+        response.topic.ok_or_else(|| Error::UnexpectedResponse {
+            operation: "alter topic",
             topic: name.to_owned(),
             what: "no topic description".to_owned(),
         })

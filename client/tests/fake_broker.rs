@@ -267,6 +267,13 @@ impl Admin for Fake {
         Err(Status::unimplemented("the fake broker has no groups"))
     }
 
+    async fn alter_topic(
+        &self,
+        _: Request<sluice_proto::v1::AlterTopicRequest>,
+    ) -> Result<Response<sluice_proto::v1::AlterTopicResponse>, Status> {
+        Err(Status::unimplemented("the fake broker alters no topics"))
+    }
+
     async fn create_topic(
         &self,
         _request: Request<CreateTopicRequest>,

@@ -79,6 +79,12 @@ pub struct Config {
     /// pass rewrites it, percent; an expired tombstone makes a pass due anyway. Lower
     /// compacts sooner and rewrites more. Default 50; 0 ..= 100.
     pub compaction_min_dirty_percent: u8,
+    /// Queue mode: messages per (partition, queue group) delivered and not yet done (leased,
+    /// waiting for a retry, or acknowledged above an older unfinished one), like Kafka share
+    /// groups' record-lock limit. Past it the group gets nothing new from the partition until
+    /// its oldest message is done, so queue memory stays bounded under any backlog (about 64
+    /// bytes a message, plus its last error). Default 2000; 1 ..= 1000000.
+    pub queue_max_inflight_per_partition: u32,
 }
 
 impl Default for Config {
@@ -107,6 +113,7 @@ impl Default for Config {
             compaction_check_interval_ms: 15_000,
             compaction_max_map_entries: 1_000_000,
             compaction_min_dirty_percent: 50,
+            queue_max_inflight_per_partition: 2000,
         }
     }
 }
@@ -224,6 +231,13 @@ impl Config {
             1,
             60_000,
             "must be within 1..=60000",
+        )?;
+        check(
+            "queue_max_inflight_per_partition",
+            self.queue_max_inflight_per_partition,
+            1,
+            1_000_000,
+            "must be within 1..=1000000",
         )?;
         check(
             "max_fetch_wait_ms",

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod inflight;
 pub mod oversize;
 pub mod partition;
+pub mod queue;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topics;
@@ -28,6 +29,7 @@ pub use sluice_storage::{FaultOp, Faults};
 
 use sluice_proto::v1::{
     admin_server::AdminServer, groups_server::GroupsServer, log_server::LogServer,
+    queue_server::QueueServer,
 };
 use sluice_storage::{Store, StoreConfig};
 use std::future::Future;
@@ -44,6 +46,8 @@ pub struct Broker {
     pub topics: topics::Topics,
     /// Consumer groups: membership and committed offsets.
     pub groups: groups::Groups,
+    /// Queue groups: leases, acks, retries, dead letters.
+    pub queues: queue::Queues,
     /// The configuration.
     pub config: Config,
     /// The broker's clock.
@@ -61,6 +65,8 @@ pub struct Env {
     pub clock: Clock,
     /// I/O failures to inject into the storage engine (inert by default).
     pub faults: Faults,
+    /// A crash point for crash tests (none by default).
+    pub failpoint: Option<queue::Failpoint>,
 }
 
 /// Serves gRPC on `grpc` and HTTP (`/healthz`) on `http` until `shutdown` completes, then
@@ -79,7 +85,11 @@ pub async fn run(
     let broker = {
         let config = config.clone();
         let stop = stop.clone();
-        let Env { clock, faults } = env;
+        let Env {
+            clock,
+            faults,
+            failpoint,
+        } = env;
         error::blocking(move || {
             let store = Store::open(
                 &config.data_dir,
@@ -102,9 +112,17 @@ pub async fn run(
                 config.group_heartbeat_interval_ms,
                 clock.clone(),
             )?;
+            let queues = queue::Queues::open(
+                &topics,
+                config.offsets_segment_bytes,
+                config.queue_max_inflight_per_partition as usize,
+                clock.clone(),
+                failpoint,
+            )?;
             Ok(Arc::new(Broker {
                 topics,
                 groups,
+                queues,
                 config,
                 clock,
                 shutdown: stop,
@@ -140,6 +158,11 @@ pub async fn run(
         async move { broker.groups.run_expiry(&broker.topics, stop).await }
     });
     let compaction = tokio::spawn(compactor::run(Arc::clone(&broker), stop.clone()));
+    let queue_timers = tokio::spawn({
+        let broker = Arc::clone(&broker);
+        let stop = stop.clone();
+        async move { broker.queues.run_timers(&broker, stop).await }
+    });
     let http_server = tokio::spawn({
         let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
         let stop = stop.clone();
@@ -159,6 +182,9 @@ pub async fn run(
         .await;
     health
         .set_serving::<GroupsServer<grpc::groups::GroupsService>>()
+        .await;
+    health
+        .set_serving::<QueueServer<grpc::queue::QueueService>>()
         .await;
     // Reflection in both versions: grpcurl 1.8 and many tools still ask for v1alpha.
     let reflection = || {
@@ -181,6 +207,9 @@ pub async fn run(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let groups = GroupsServer::new(grpc::groups::GroupsService::new(Arc::clone(&broker)))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let queue = QueueServer::new(grpc::queue::QueueService::new(Arc::clone(&broker)))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     // serve_with_incoming ignores Server::tcp_nodelay; connections.rs sets it on each one.
@@ -209,6 +238,7 @@ pub async fn run(
         .add_service(log)
         .add_service(admin)
         .add_service(groups)
+        .add_service(queue)
         .serve_with_incoming_shutdown(incoming, on_stop(stop.clone()))
         .await;
     if let Err(error) = &served {
@@ -218,6 +248,7 @@ pub async fn run(
     let _ = retention.await;
     let _ = expiry.await;
     let _ = compaction.await;
+    let _ = queue_timers.await;
 
     tracing::info!("closing partitions");
     let closed = error::blocking(move || {

@@ -149,6 +149,13 @@ impl TestBroker {
         pb::groups_client::GroupsClient::new(self.channel().await)
     }
 
+    /// Queue service client.
+    pub async fn queue(&self) -> pb::queue_client::QueueClient<Channel> {
+        pb::queue_client::QueueClient::new(self.channel().await)
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES)
+    }
+
     /// Stops the broker gracefully and waits for it (partitions closed cleanly).
     pub async fn stop(mut self) {
         self.shutdown().await.expect("broker ran cleanly");

@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::inflight::Limiter;
 use crate::partition::Partition;
+use crate::queue::RetryPolicy;
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{MAX_PARTITIONS, topic_name_problem};
 use sluice_storage::{CompactionLimits, Durability, Log, LogConfig, Store};
@@ -97,6 +98,8 @@ pub struct TopicSettings {
     pub cleanup: Cleanup,
     /// On compacted topics: how long a tombstone stays after it was appended, ms.
     pub delete_retention_ms: u64,
+    /// Queue mode: deliveries before a message is dead-lettered, and the backoff between.
+    pub retry: RetryPolicy,
 }
 
 impl Default for TopicSettings {
@@ -110,6 +113,7 @@ impl Default for TopicSettings {
             max_batch_bytes: log.max_batch_bytes,
             cleanup: Cleanup::Delete,
             delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -167,6 +171,14 @@ struct StoredSettings {
     cleanup: String,
     #[serde(default = "default_delete_retention_ms")]
     delete_retention_ms: u64,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    backoff_initial_ms: Option<u64>,
+    #[serde(default)]
+    backoff_multiplier: Option<f64>,
+    #[serde(default)]
+    backoff_max_ms: Option<u64>,
 }
 
 fn default_cleanup() -> String {
@@ -193,6 +205,10 @@ impl StoredSettings {
             max_batch_bytes: settings.max_batch_bytes,
             cleanup: settings.cleanup.as_str().to_owned(),
             delete_retention_ms: settings.delete_retention_ms,
+            max_attempts: Some(settings.retry.max_attempts),
+            backoff_initial_ms: Some(settings.retry.backoff_initial_ms),
+            backoff_multiplier: Some(f64::from(settings.retry.backoff_multiplier_milli) / 1000.0),
+            backoff_max_ms: Some(settings.retry.backoff_max_ms),
         }
     }
 
@@ -205,6 +221,20 @@ impl StoredSettings {
         };
         let cleanup = Cleanup::parse(&self.cleanup)
             .ok_or_else(|| format!("unknown cleanup policy {:?}", self.cleanup))?;
+        let defaults = RetryPolicy::default();
+        let retry = RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            backoff_initial_ms: self
+                .backoff_initial_ms
+                .unwrap_or(defaults.backoff_initial_ms),
+            backoff_multiplier_milli: self
+                .backoff_multiplier
+                .map_or(defaults.backoff_multiplier_milli, multiplier_milli),
+            backoff_max_ms: self.backoff_max_ms.unwrap_or(defaults.backoff_max_ms),
+        };
+        if let Some((field, value, reason)) = retry.problem() {
+            return Err(format!("invalid {field} {value}: {reason}"));
+        }
         Ok(TopicSettings {
             retention_bytes: self.retention_bytes,
             retention_ms: self.retention_ms,
@@ -213,8 +243,19 @@ impl StoredSettings {
             max_batch_bytes: self.max_batch_bytes,
             cleanup,
             delete_retention_ms: self.delete_retention_ms,
+            retry,
         })
     }
+}
+
+/// A backoff multiplier in thousandths (saturating; out-of-range values fail validation).
+pub fn multiplier_milli(multiplier: f64) -> u32 {
+    if multiplier.is_nan() {
+        return 0;
+    }
+    (multiplier * 1000.0)
+        .round()
+        .clamp(0.0, f64::from(u32::MAX)) as u32
 }
 
 /// `topic.json`.
@@ -629,6 +670,43 @@ impl Topics {
         });
         registry.insert(name.to_owned(), Arc::clone(&topic));
         self.count_compacted(&registry);
+        Ok(topic)
+    }
+
+    /// Sets topic `name`'s queue retry policy (blocking): its `topic.json` is rewritten
+    /// atomically and the registry shows the new settings, over the same open partitions.
+    pub fn alter_retry(&self, name: &str, retry: RetryPolicy) -> Result<Arc<Topic>> {
+        if let Some((field, value, reason)) = retry.problem() {
+            return Err(Error::invalid(field, value, reason));
+        }
+        let mut registry = self.write();
+        let old = registry
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::unknown_topic(name))?;
+        let settings = TopicSettings {
+            retry,
+            ..old.settings.clone()
+        };
+        let meta = TopicMeta {
+            name: name.to_owned(),
+            partitions: old.partitions.len() as u32,
+            settings: StoredSettings::new(&settings),
+        };
+        let path = old.dir.join(META_FILE);
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::BadMetadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        sluice_storage::io::write_atomically(&path, &bytes)?;
+        let topic = Arc::new(Topic {
+            name: old.name.clone(),
+            settings,
+            partitions: old.partitions.clone(),
+            dir: old.dir.clone(),
+        });
+        registry.insert(name.to_owned(), Arc::clone(&topic));
+        tracing::info!(topic = name, ?retry, "altered queue retry policy");
         Ok(topic)
     }
 

@@ -45,6 +45,14 @@ enum TopicCommand {
         /// appended, ms [default: 1 day].
         #[arg(long)]
         delete_retention_ms: Option<u64>,
+        #[command(flatten)]
+        queue: QueueFlags,
+    },
+    /// Change a topic's queue settings (max attempts, backoff).
+    Alter {
+        name: String,
+        #[command(flatten)]
+        queue: QueueFlags,
     },
     /// List topics.
     List,
@@ -52,6 +60,40 @@ enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+/// Queue-mode settings of a topic.
+#[derive(Debug, Args)]
+struct QueueFlags {
+    /// Queue mode: deliveries of a message before it goes to TOPIC.dlq [default: 5].
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Queue mode: backoff before the second delivery, like 100ms or 2s (full jitter)
+    /// [default: 1s].
+    #[arg(long, value_parser = parse_duration_ms)]
+    backoff_initial: Option<u64>,
+    /// Queue mode: backoff growth per attempt [default: 2.0].
+    #[arg(long)]
+    backoff_multiplier: Option<f64>,
+    /// Queue mode: longest backoff, like 10s [default: 60s].
+    #[arg(long, value_parser = parse_duration_ms)]
+    backoff_max: Option<u64>,
+}
+
+impl QueueFlags {
+    fn apply(&self, config: &mut TopicConfig) {
+        config.max_attempts = self.max_attempts;
+        config.backoff_initial_ms = self.backoff_initial;
+        config.backoff_multiplier = self.backoff_multiplier;
+        config.backoff_max_ms = self.backoff_max;
+    }
+}
+
+/// A duration like `100ms`, `2s` or `1m`, in ms.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 100ms or 10s: {e}"))?;
+    u64::try_from(duration.as_millis()).map_err(|_| format!("{text:?} is too long"))
 }
 
 fn print_description(out: &mut impl Write, topic: &TopicDescription) -> std::io::Result<()> {
@@ -82,6 +124,14 @@ fn print_description(out: &mut impl Write, topic: &TopicDescription) -> std::io:
         out,
         "  cleanup {cleanup}  delete_retention_ms {}",
         config.delete_retention_ms.unwrap_or_default(),
+    )?;
+    writeln!(
+        out,
+        "  queue max_attempts {}  backoff_initial_ms {}  backoff_multiplier {}  backoff_max_ms {}",
+        config.max_attempts.unwrap_or_default(),
+        config.backoff_initial_ms.unwrap_or_default(),
+        config.backoff_multiplier.unwrap_or_default(),
+        config.backoff_max_ms.unwrap_or_default(),
     )?;
     writeln!(
         out,
@@ -118,8 +168,9 @@ pub async fn run(args: TopicArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
             max_batch_bytes,
             cleanup,
             delete_retention_ms,
+            queue,
         } => {
-            let config = TopicConfig {
+            let mut config = TopicConfig {
                 retention_bytes,
                 retention_ms,
                 segment_bytes,
@@ -128,9 +179,17 @@ pub async fn run(args: TopicArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
                 max_batch_bytes,
                 cleanup: cleanup.unwrap_or(CleanupPolicy::Unspecified) as i32,
                 delete_retention_ms,
+                ..TopicConfig::default()
             };
+            queue.apply(&mut config);
             let created = admin.create_topic(&name, partitions, config).await?;
             print_description(&mut out, &created)?;
+        }
+        TopicCommand::Alter { name, queue } => {
+            let mut config = TopicConfig::default();
+            queue.apply(&mut config);
+            let altered = admin.alter_topic(&name, config).await?;
+            print_description(&mut out, &altered)?;
         }
         TopicCommand::List => {
             for topic in admin.list_topics().await? {

@@ -135,6 +135,28 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::DeleteGroupResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
+    async fn alter_topic(
+        &self,
+        request: Request<pb::AlterTopicRequest>,
+    ) -> Result<Response<pb::AlterTopicResponse>, Status> {
+        let request = request.into_inner();
+        let config = request.config.unwrap_or_default();
+        if let Some(field) = convert::unalterable(&config) {
+            return Err(Status::invalid_argument(format!(
+                "invalid config.{field}: cannot be altered; only max_attempts and backoff_* can"
+            )));
+        }
+        let topic = self.broker.topics.get(&request.name)?;
+        let retry = convert::retry_policy(&config, topic.settings.retry)?;
+        let broker = Arc::clone(&self.broker);
+        let name = request.name;
+        let topic = blocking(move || broker.topics.alter_retry(&name, retry)).await?;
+        Ok(Response::new(pb::AlterTopicResponse {
+            topic: Some(convert::topic_description(&topic)),
+        }))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<pb::DescribeTopicRequest>,

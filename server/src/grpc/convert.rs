@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::groups::{DEFAULT_SESSION_TIMEOUT_MS, GroupDescription, Join, ResetTo, TopicPartition};
-use crate::topics::{Cleanup, DEFAULT_FSYNC_INTERVAL_MS, Topic, TopicSettings};
+use crate::queue::RetryPolicy;
+use crate::topics::{Cleanup, DEFAULT_FSYNC_INTERVAL_MS, Topic, TopicSettings, multiplier_milli};
 use sluice_proto::v1 as pb;
 use sluice_storage::Durability;
 use std::collections::BTreeSet;
@@ -74,9 +75,42 @@ pub fn topic_settings(config: Option<&pb::TopicConfig>) -> Result<TopicSettings>
         delete_retention_ms: config
             .delete_retention_ms
             .unwrap_or(defaults.delete_retention_ms),
+        retry: retry_policy(&config, defaults.retry)?,
     };
     settings.log_config()?;
     Ok(settings)
+}
+
+/// The queue retry policy `config` sets over `base`, checked.
+pub fn retry_policy(config: &pb::TopicConfig, base: RetryPolicy) -> Result<RetryPolicy> {
+    let retry = RetryPolicy {
+        max_attempts: config.max_attempts.unwrap_or(base.max_attempts),
+        backoff_initial_ms: config.backoff_initial_ms.unwrap_or(base.backoff_initial_ms),
+        backoff_multiplier_milli: config
+            .backoff_multiplier
+            .map_or(base.backoff_multiplier_milli, multiplier_milli),
+        backoff_max_ms: config.backoff_max_ms.unwrap_or(base.backoff_max_ms),
+    };
+    if let Some((field, value, reason)) = retry.problem() {
+        return Err(Error::invalid(field, value, reason));
+    }
+    Ok(retry)
+}
+
+/// The first field of an alter request's config that cannot be altered, if any: only the
+/// queue settings can.
+pub fn unalterable(config: &pb::TopicConfig) -> Option<&'static str> {
+    let fields = [
+        ("retention_bytes", config.retention_bytes.is_some()),
+        ("retention_ms", config.retention_ms.is_some()),
+        ("segment_bytes", config.segment_bytes.is_some()),
+        ("fsync", config.fsync != 0),
+        ("fsync_interval_ms", config.fsync_interval_ms.is_some()),
+        ("max_batch_bytes", config.max_batch_bytes.is_some()),
+        ("cleanup", config.cleanup != 0),
+        ("delete_retention_ms", config.delete_retention_ms.is_some()),
+    ];
+    fields.into_iter().find(|(_, set)| *set).map(|(f, _)| f)
 }
 
 /// Settings as the wire shows them.
@@ -102,6 +136,10 @@ pub fn topic_config(settings: &TopicSettings) -> pb::TopicConfig {
             Cleanup::CompactDelete => pb::CleanupPolicy::CompactDelete,
         } as i32,
         delete_retention_ms: Some(settings.delete_retention_ms),
+        max_attempts: Some(settings.retry.max_attempts),
+        backoff_initial_ms: Some(settings.retry.backoff_initial_ms),
+        backoff_multiplier: Some(f64::from(settings.retry.backoff_multiplier_milli) / 1000.0),
+        backoff_max_ms: Some(settings.retry.backoff_max_ms),
     }
 }
 

@@ -4,4 +4,5 @@ pub mod admin;
 pub mod convert;
 pub mod groups;
 pub mod log;
+pub mod queue;
 pub mod status;

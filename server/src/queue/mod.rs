@@ -1,0 +1,1025 @@
+//! Queue mode (design.md §4): queue groups that consume a topic one message at a time, with
+//! leases, fenced acks, retries with backoff and dead letters.
+//!
+//! - `state.rs`: the pure state machine of one (partition, group): the cursor below which all
+//!   is done, the bounded window of slots (attempts, lease deadlines, acked bits, waits);
+//! - `record.rs`: its durable form in the compacted internal topic `__queue_state`, replayed
+//!   at start;
+//! - `token.rs`: lease tokens, which carry the attempt so stale acks are fenced;
+//! - `dead.rs`: dead letters to `<topic>.dlq` and their redrive, each exactly once across a
+//!   crash.
+//!
+//! [`Queues`] puts them together for the handlers. A change is made in memory under a short
+//! std lock (so concurrent requests never see a message twice), then its records are appended
+//! through the partition write path, and the request is answered once they are durable: an
+//! acknowledged ack is on disk. Appends of concurrent requests run concurrently and share group
+//! commits; replay tolerates their records landing out of order (see `record.rs`).
+
+mod dead;
+mod record;
+pub mod state;
+pub mod token;
+
+pub use dead::{
+    DLQ_SUFFIX, H_ATTEMPTS, H_DEAD_AT, H_LAST_ERROR, H_ORIGIN_GROUP, H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION, H_ORIGIN_TOPIC, H_REDRIVEN_FROM,
+};
+pub use state::{Counts, RetryPolicy};
+
+use crate::Broker;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::groups::validate_group;
+use crate::partition::{Origin, Partition};
+use crate::topics::{Cleanup, Topic, TopicSettings, Topics};
+use bytes::Bytes;
+use record::{Entry, GroupKey, Redrives};
+use sluice_storage::Durability;
+use sluice_storage::format::{BatchBuilder, Batches, Header};
+use state::{PartitionQueue, Stale};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use token::Token;
+use tokio::sync::{Notify, watch};
+
+/// Name of the internal topic that holds queue state.
+pub const STATE_TOPIC: &str = "__queue_state";
+/// Most messages one Lease hands out.
+pub const MAX_LEASE_MESSAGES: u32 = 1000;
+/// Most tokens one Ack takes.
+pub const MAX_ACK_TOKENS: usize = 1000;
+/// Visibility timeouts accepted, ms: 100 ms ..= 12 hours.
+pub const VISIBILITY_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=43_200_000;
+/// Longest explicit nack delay, ms: 1 day.
+pub const MAX_NACK_DELAY_MS: u64 = 86_400_000;
+/// Bytes of records per batch appended to the state topic (its batches are at most 1 MiB).
+const STATE_BATCH_BYTES: usize = 256 << 10;
+/// Bytes read from a partition per step when looking up leased records.
+const READ_BYTES: u64 = 1 << 20;
+
+/// A test hook that stops the broker at a chosen point, to prove crash safety.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// Abort the process after a dead letter is appended, before the queue records it.
+    AbortAfterDeadLetterAppend,
+}
+
+impl Failpoint {
+    /// The failpoint a name stands for (`abort-after-dead-letter-append`).
+    pub fn parse(name: &str) -> Option<Self> {
+        (name == "abort-after-dead-letter-append").then_some(Self::AbortAfterDeadLetterAppend)
+    }
+}
+
+/// One queue group on one topic.
+#[derive(Debug)]
+struct QueueGroup {
+    topic: String,
+    group: String,
+    /// Per partition, index = partition number.
+    partitions: Mutex<Vec<PartitionQueue>>,
+    /// Woken when messages may have become available (nack, release, acks that freed window
+    /// space, expiry).
+    changed: Notify,
+    /// Where the next lease starts looking, so partitions are served in turn.
+    next_partition: AtomicUsize,
+}
+
+impl QueueGroup {
+    fn state(&self) -> MutexGuard<'_, Vec<PartitionQueue>> {
+        // Every mutation completes under the lock, so a panic cannot leave it half-done.
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A leased message, as Lease answers it.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// Its key.
+    pub key: Option<Bytes>,
+    /// Its value (empty if null).
+    pub value: Bytes,
+    /// Its headers.
+    pub headers: Vec<(String, Bytes)>,
+    /// Its attempt, from 1.
+    pub attempt: u32,
+    /// The token to ack it with.
+    pub token: String,
+    /// The record's timestamp.
+    pub timestamp_ms: i64,
+    /// When the lease runs out.
+    pub deadline_ms: i64,
+}
+
+/// What a Lease asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// The topic.
+    pub topic: String,
+    /// The queue group.
+    pub group: String,
+    /// At most this many messages (1..=1000).
+    pub max_messages: u32,
+    /// Lease length, ms.
+    pub visibility_timeout_ms: u64,
+    /// Long-poll bound, ms.
+    pub max_wait_ms: u32,
+}
+
+/// A partition's queue as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// The partition.
+    pub partition: u32,
+    /// Every offset below is done.
+    pub done_below: u64,
+    /// Available now.
+    pub ready: u64,
+    /// Waiting for a backoff or delay.
+    pub delayed: u64,
+    /// Leased.
+    pub in_flight: u64,
+    /// Done, ever (the cursor plus those done in the window).
+    pub done: u64,
+    /// Dead-lettered, ever.
+    pub dead_lettered: u64,
+    /// The partition's high watermark.
+    pub log_end: u64,
+    /// Age of the oldest ready message, ms.
+    pub oldest_ready_age_ms: Option<i64>,
+}
+
+/// What a nack did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Available again at this time (ms since the epoch).
+    Retry(i64),
+    /// Dead-lettered.
+    DeadLettered,
+}
+
+/// Every queue group of the broker.
+#[derive(Debug)]
+pub struct Queues {
+    log: Arc<Partition>,
+    groups: Mutex<HashMap<GroupKey, Arc<QueueGroup>>>,
+    redrives: Mutex<Redrives>,
+    /// One redrive at a time (they are rare, and this keeps each dead letter's exactly-once
+    /// simple).
+    redrive_lock: tokio::sync::Mutex<()>,
+    clock: Clock,
+    window_limit: usize,
+    failpoint: Option<Failpoint>,
+    /// The earliest lease deadline the timer task may have missed (a hint, ms).
+    earliest_deadline_ms: AtomicI64,
+    /// Wakes the timer task when `earliest_deadline_ms` moved earlier.
+    timers: Notify,
+}
+
+/// The internal topic `__queue_state`: one partition, fsynced before each answer, compacted;
+/// tombstones go after a minute (only this broker reads the topic, and replay needs none).
+fn state_topic(topics: &Topics, segment_bytes: u64) -> Result<Arc<Topic>> {
+    match topics.get(STATE_TOPIC) {
+        Ok(topic) => Ok(topic),
+        Err(_) => {
+            let settings = TopicSettings {
+                retention_bytes: None,
+                retention_ms: None,
+                segment_bytes,
+                durability: Durability::Always,
+                max_batch_bytes: segment_bytes.min(1 << 20) as u32,
+                cleanup: Cleanup::Compact,
+                delete_retention_ms: 60_000,
+                ..TopicSettings::default()
+            };
+            topics.create(STATE_TOPIC, 1, settings, true)
+        }
+    }
+}
+
+/// Checks a visibility timeout.
+fn validate_visibility(field: &'static str, ms: u64) -> Result<()> {
+    if VISIBILITY_TIMEOUT_MS.contains(&ms) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        field,
+        ms,
+        "must be within 100..=43200000 ms (100 ms to 12 hours)",
+    ))
+}
+
+fn fenced(topic: &str, group: &str, partition: u32, stale: &Stale) -> Error {
+    Error::Fenced {
+        reason: format!(
+            "queue group {:?} on {}/{partition}: {stale}",
+            crate::error::echo(group),
+            crate::error::echo(topic)
+        ),
+    }
+}
+
+fn unit() -> f64 {
+    rand::random::<f64>()
+}
+
+/// Records for a change of `queue` (partition `p` of `qg`) that moved the cursor from
+/// `before`: the cursor and tombstones of the slots it passed; plus records of `touched`
+/// offsets still in the window.
+fn change_entries(
+    qg: &QueueGroup,
+    p: u32,
+    queue: &PartitionQueue,
+    before: u64,
+    touched: &[u64],
+    entries: &mut Vec<Entry>,
+) {
+    let after = queue.done_below();
+    if after != before {
+        entries.push((
+            record::cursor_key(&qg.group, &qg.topic, p),
+            Some(record::cursor_value(queue)),
+        ));
+        for offset in before..after {
+            entries.push((record::slot_key(&qg.group, &qg.topic, p, offset), None));
+        }
+    }
+    for &offset in touched {
+        if let Some(slot) = queue.slot(offset) {
+            entries.push((
+                record::slot_key(&qg.group, &qg.topic, p, offset),
+                Some(record::slot_value(slot)),
+            ));
+        }
+    }
+}
+
+impl Queues {
+    /// Opens (creating if needed) `__queue_state` and replays it (blocking).
+    pub fn open(
+        topics: &Topics,
+        segment_bytes: u64,
+        window_limit: usize,
+        clock: Clock,
+        failpoint: Option<Failpoint>,
+    ) -> Result<Self> {
+        let log = Arc::clone(state_topic(topics, segment_bytes)?.partition(0)?);
+        let mut replaying = record::Replaying::default();
+        let replayed = log.replay(&mut replaying)?;
+        let malformed = replaying.malformed;
+        let (queues, redrives) = replaying.into_queues();
+        let mut groups = HashMap::new();
+        for ((group, topic), partitions) in queues {
+            let count = partitions.keys().max().map_or(0, |p| p + 1) as usize;
+            let mut list: Vec<PartitionQueue> =
+                (0..count).map(|_| PartitionQueue::new(0)).collect();
+            for (p, queue) in partitions {
+                list[p as usize] = queue;
+            }
+            groups.insert(
+                (group.clone(), topic.clone()),
+                Arc::new(QueueGroup {
+                    topic,
+                    group,
+                    partitions: Mutex::new(list),
+                    changed: Notify::new(),
+                    next_partition: AtomicUsize::new(0),
+                }),
+            );
+        }
+        tracing::info!(
+            groups = groups.len(),
+            batches = replayed.batches,
+            malformed,
+            "replayed queue state"
+        );
+        Ok(Self {
+            log,
+            groups: Mutex::new(groups),
+            redrives: Mutex::new(redrives),
+            redrive_lock: tokio::sync::Mutex::new(()),
+            clock,
+            window_limit,
+            failpoint,
+            earliest_deadline_ms: AtomicI64::new(i64::MIN),
+            timers: Notify::new(),
+        })
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<GroupKey, Arc<QueueGroup>>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group, or `NOT_FOUND` naming it.
+    fn group(&self, topic: &str, group: &str) -> Result<Arc<QueueGroup>> {
+        validate_group(group)?;
+        self.groups()
+            .get(&(group.to_owned(), topic.to_owned()))
+            .cloned()
+            .ok_or_else(|| Error::UnknownGroup {
+                group: format!(
+                    "{} (no queue group of that name on topic {:?})",
+                    crate::error::echo(group),
+                    crate::error::echo(topic)
+                ),
+            })
+    }
+
+    /// The group, created (starting at each partition's earliest offset, durably) if new.
+    async fn group_or_create(&self, topic: &Topic, group: &str) -> Result<Arc<QueueGroup>> {
+        validate_group(group)?;
+        let key = (group.to_owned(), topic.name.clone());
+        let (qg, created) = {
+            let mut groups = self.groups();
+            match groups.get(&key) {
+                Some(qg) => (Arc::clone(qg), false),
+                None => {
+                    let partitions = topic
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionQueue::new(p.earliest_offset()))
+                        .collect();
+                    let qg = Arc::new(QueueGroup {
+                        topic: topic.name.clone(),
+                        group: group.to_owned(),
+                        partitions: Mutex::new(partitions),
+                        changed: Notify::new(),
+                        next_partition: AtomicUsize::new(0),
+                    });
+                    groups.insert(key, Arc::clone(&qg));
+                    (qg, true)
+                }
+            }
+        };
+        // A topic's partitions never shrink; state may know fewer than the topic has now.
+        let entries: Vec<Entry> = {
+            let mut state = qg.state();
+            let known = state.len();
+            for partition in topic.partitions.iter().skip(known) {
+                state.push(PartitionQueue::new(partition.earliest_offset()));
+            }
+            if created || known < topic.partitions.len() {
+                state
+                    .iter()
+                    .enumerate()
+                    .skip(if created { 0 } else { known })
+                    .map(|(p, q)| {
+                        (
+                            record::cursor_key(group, &topic.name, p as u32),
+                            Some(record::cursor_value(q)),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        if !entries.is_empty() {
+            tracing::info!(topic = %topic.name, group, "created queue group");
+            self.persist(entries).await?;
+        }
+        Ok(qg)
+    }
+
+    /// Appends `entries` to the state topic, durably, in batches of bounded size.
+    async fn persist(&self, entries: Vec<Entry>) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut builder = BatchBuilder::new();
+        let mut bytes = 0;
+        let mut pending = 0;
+        for (key, value) in &entries {
+            builder
+                .push(now, Some(key), value.as_deref(), &[])
+                .map_err(|e| Error::Task(format!("encoding queue state: {e}")))?;
+            bytes += key.len() + value.as_ref().map_or(0, Vec::len) + 8;
+            pending += 1;
+            if bytes >= STATE_BATCH_BYTES {
+                let full = std::mem::take(&mut builder);
+                self.append_state(full).await?;
+                bytes = 0;
+                pending = 0;
+            }
+        }
+        if pending > 0 {
+            self.append_state(builder).await?;
+        }
+        Ok(())
+    }
+
+    async fn append_state(&self, builder: BatchBuilder) -> Result<()> {
+        let batch = builder
+            .finish()
+            .map_err(|e| Error::Task(format!("encoding queue state: {e}")))?;
+        self.log.append(batch.freeze(), Origin::Broker).await?;
+        Ok(())
+    }
+
+    /// Leases up to `max_messages` messages, long-polling up to `max_wait_ms` (at most
+    /// `max_wait_cap_ms`) while none is available.
+    pub async fn lease(
+        &self,
+        topics: &Topics,
+        request: &LeaseRequest,
+        max_wait_cap_ms: u32,
+    ) -> Result<Vec<Leased>> {
+        if !(1..=MAX_LEASE_MESSAGES).contains(&request.max_messages) {
+            return Err(Error::invalid(
+                "max_messages",
+                request.max_messages,
+                "must be within 1..=1000",
+            ));
+        }
+        validate_visibility("visibility_timeout_ms", request.visibility_timeout_ms)?;
+        if request.max_wait_ms > max_wait_cap_ms {
+            return Err(Error::invalid(
+                "max_wait_ms",
+                request.max_wait_ms,
+                "exceeds the broker's max_fetch_wait_ms",
+            ));
+        }
+        let topic = topics.get(&request.topic)?;
+        let qg = self.group_or_create(&topic, &request.group).await?;
+        let policy = topic.settings.retry;
+        let wait_until = self.clock.now() + Duration::from_millis(u64::from(request.max_wait_ms));
+        loop {
+            let notified = qg.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let deliveries = self.take(&topic, &qg, &policy, request);
+            if !deliveries.is_empty() {
+                let leased = self.deliver(&topic, &qg, deliveries).await?;
+                if !leased.is_empty() {
+                    return Ok(leased);
+                }
+                continue;
+            }
+            let now = self.clock.now();
+            if now >= wait_until {
+                return Ok(Vec::new());
+            }
+            // Wake for: a change (nack, release, freed window), a wait ending or a lease
+            // running out, a new record in a partition with window space, or the end.
+            let (wake_ms, watch): (Option<i64>, Vec<(Arc<Partition>, u64)>) = {
+                let state = qg.state();
+                let now_ms = self.clock.now_ms();
+                let wake = state.iter().filter_map(|q| q.next_wakeup_ms(now_ms)).min();
+                let watch = topic
+                    .partitions
+                    .iter()
+                    .zip(state.iter())
+                    .filter(|(_, q)| q.window_len() < self.window_limit)
+                    .map(|(p, q)| (Arc::clone(p), q.next()))
+                    .collect();
+                (wake, watch)
+            };
+            let mut until = wait_until;
+            if let Some(wake_ms) = wake_ms {
+                let in_ms = wake_ms.saturating_sub(self.clock.now_ms()).max(0) as u64;
+                until = until.min(now + Duration::from_millis(in_ms));
+            }
+            let mut arrivals = tokio::task::JoinSet::new();
+            for (partition, next) in watch {
+                // A record at `next` is one to deliver.
+                arrivals.spawn(async move { partition.wait_past(next).await });
+            }
+            let arrival = async {
+                if arrivals.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                match arrivals.join_next().await {
+                    Some(Ok(Err(error))) => Err(error),
+                    _ => Ok(()),
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+                arrived = arrival => arrived?,
+            }
+        }
+    }
+
+    /// Takes deliveries under the group's lock: expired leases become waits (not dead letters:
+    /// the timer task does those), then partitions are served in turn from a rotating start.
+    fn take(
+        &self,
+        topic: &Topic,
+        qg: &QueueGroup,
+        policy: &RetryPolicy,
+        request: &LeaseRequest,
+    ) -> Vec<(u32, state::Delivery)> {
+        let now = self.clock.now_ms();
+        let mut state = qg.state();
+        let count = state.len().min(topic.partitions.len());
+        if count == 0 {
+            return Vec::new();
+        }
+        let start = qg.next_partition.fetch_add(1, Ordering::Relaxed) % count;
+        let mut remaining = request.max_messages as usize;
+        let mut deliveries = Vec::new();
+        for i in 0..count {
+            if remaining == 0 {
+                break;
+            }
+            let p = (start + i) % count;
+            let partition = &topic.partitions[p];
+            let queue = &mut state[p];
+            queue.skip_to(partition.earliest_offset());
+            queue.expire_retrying(now, policy, &mut unit);
+            let got = queue.lease(
+                now,
+                remaining,
+                request.visibility_timeout_ms,
+                partition.high_watermark(),
+                self.window_limit,
+            );
+            remaining -= got.len();
+            deliveries.extend(got.into_iter().map(|d| (p as u32, d)));
+        }
+        if let Some(first) = deliveries.iter().map(|(_, d)| d.deadline_ms).min()
+            && self.earliest_deadline_ms.fetch_min(first, Ordering::AcqRel) > first
+        {
+            self.timers.notify_one();
+        }
+        deliveries
+    }
+
+    /// Reads the records of `deliveries`, persists their leases and answers them. Offsets the
+    /// log no longer holds are marked done and skipped.
+    async fn deliver(
+        &self,
+        topic: &Topic,
+        qg: &QueueGroup,
+        mut deliveries: Vec<(u32, state::Delivery)>,
+    ) -> Result<Vec<Leased>> {
+        deliveries.sort_by_key(|(p, d)| (*p, d.offset));
+        let mut leased = Vec::with_capacity(deliveries.len());
+        let mut missing = Vec::new();
+        let mut i = 0;
+        while i < deliveries.len() {
+            let p = deliveries[i].0;
+            let end = deliveries[i..]
+                .iter()
+                .position(|(q, _)| *q != p)
+                .map_or(deliveries.len(), |n| i + n);
+            let partition = topic.partition(p)?;
+            let offsets: Vec<u64> = deliveries[i..end].iter().map(|(_, d)| d.offset).collect();
+            let records = read_records(partition, &offsets).await?;
+            for ((_, delivery), record) in deliveries[i..end].iter().zip(records) {
+                match record {
+                    None => missing.push((p, delivery.offset)),
+                    Some(record) => leased.push(Leased {
+                        partition: p,
+                        offset: delivery.offset,
+                        key: record.key,
+                        value: record.value,
+                        headers: record.headers,
+                        attempt: delivery.attempt,
+                        token: Token {
+                            partition: p,
+                            offset: delivery.offset,
+                            attempt: delivery.attempt,
+                        }
+                        .encode(&qg.topic, &qg.group),
+                        timestamp_ms: record.timestamp_ms,
+                        deadline_ms: delivery.deadline_ms,
+                    }),
+                }
+            }
+            i = end;
+        }
+        let mut entries = Vec::with_capacity(leased.len() + missing.len());
+        {
+            let mut state = qg.state();
+            for &(p, offset) in &missing {
+                let queue = &mut state[p as usize];
+                let before = queue.done_below();
+                queue.gone(offset);
+                change_entries(qg, p, queue, before, &[], &mut entries);
+            }
+            for message in &leased {
+                if let Some(slot) = state[message.partition as usize].slot(message.offset) {
+                    entries.push((
+                        record::slot_key(&qg.group, &qg.topic, message.partition, message.offset),
+                        Some(record::slot_value(slot)),
+                    ));
+                }
+            }
+        }
+        self.persist(entries).await?;
+        Ok(leased)
+    }
+
+    /// Acknowledges each token; one result per token, in order. The acks are durable before
+    /// this returns.
+    pub async fn ack(
+        &self,
+        topics: &Topics,
+        topic: &str,
+        group: &str,
+        tokens: &[String],
+    ) -> Result<Vec<Result<()>>> {
+        if tokens.len() > MAX_ACK_TOKENS {
+            return Err(Error::invalid(
+                "lease_tokens",
+                format!("{} tokens", tokens.len()),
+                "at most 1000 tokens per Ack",
+            ));
+        }
+        let topic = topics.get(topic)?;
+        let qg = self.group(&topic.name, group)?;
+        let now = self.clock.now_ms();
+        let mut results: Vec<Result<()>> = Vec::with_capacity(tokens.len());
+        let mut entries = Vec::new();
+        let mut moved = false;
+        {
+            let mut state = qg.state();
+            let mut touched: HashMap<u32, (u64, Vec<u64>)> = HashMap::new();
+            for text in tokens {
+                let token = match Token::decode(text, &qg.topic, &qg.group) {
+                    Ok(token) => token,
+                    Err(error) => {
+                        results.push(Err(error));
+                        continue;
+                    }
+                };
+                let Some(queue) = state.get_mut(token.partition as usize) else {
+                    results.push(Err(unknown_partition(&topic, token.partition)));
+                    continue;
+                };
+                let before = queue.done_below();
+                match queue.ack(now, token.offset, token.attempt) {
+                    Ok(_) => {
+                        let entry = touched
+                            .entry(token.partition)
+                            .or_insert((before, Vec::new()));
+                        entry.1.push(token.offset);
+                        results.push(Ok(()));
+                    }
+                    Err(stale) => {
+                        results.push(Err(fenced(&qg.topic, &qg.group, token.partition, &stale)))
+                    }
+                }
+            }
+            for (p, (before, offsets)) in touched {
+                let queue = &state[p as usize];
+                moved |= queue.done_below() != before;
+                change_entries(&qg, p, queue, before, &offsets, &mut entries);
+            }
+        }
+        if !entries.is_empty() {
+            self.persist(entries).await?;
+        }
+        if moved {
+            qg.changed.notify_waiters();
+        }
+        Ok(results)
+    }
+
+    /// A failed attempt: retried after `delay_ms` or the backoff, or dead-lettered after the
+    /// last attempt (durably in `<topic>.dlq` before this returns).
+    pub async fn nack(
+        &self,
+        broker: &Arc<Broker>,
+        topic: &str,
+        group: &str,
+        token: &str,
+        delay_ms: Option<u64>,
+        reason: &str,
+    ) -> Result<NackOutcome> {
+        if let Some(delay) = delay_ms
+            && delay > MAX_NACK_DELAY_MS
+        {
+            return Err(Error::invalid(
+                "delay_ms",
+                delay,
+                "must be at most 86400000 (1 day)",
+            ));
+        }
+        let topic = broker.topics.get(topic)?;
+        let qg = self.group(&topic.name, group)?;
+        let token = Token::decode(token, &qg.topic, &qg.group)?;
+        let policy = topic.settings.retry;
+        let now = self.clock.now_ms();
+        let (outcome, entries) = {
+            let mut state = qg.state();
+            let queue = state
+                .get_mut(token.partition as usize)
+                .ok_or_else(|| unknown_partition(&topic, token.partition))?;
+            let nacked = queue
+                .nack(
+                    now,
+                    token.offset,
+                    token.attempt,
+                    delay_ms,
+                    reason,
+                    &policy,
+                    unit(),
+                )
+                .map_err(|stale| fenced(&qg.topic, &qg.group, token.partition, &stale))?;
+            let mut entries = Vec::new();
+            if let state::Nacked::Retry { .. } = nacked {
+                let before = queue.done_below();
+                change_entries(
+                    &qg,
+                    token.partition,
+                    queue,
+                    before,
+                    &[token.offset],
+                    &mut entries,
+                );
+            }
+            (nacked, entries)
+        };
+        qg.changed.notify_waiters();
+        match outcome {
+            state::Nacked::Retry { until_ms } => {
+                self.persist(entries).await?;
+                Ok(NackOutcome::Retry(until_ms))
+            }
+            state::Nacked::Exhausted(exhausted) => {
+                self.dead_letter(broker, &topic, &qg, token.partition, exhausted)
+                    .await?;
+                Ok(NackOutcome::DeadLettered)
+            }
+        }
+    }
+
+    /// Moves a lease's deadline to now + `visibility_timeout_ms`; returns the new deadline.
+    pub async fn extend(
+        &self,
+        topics: &Topics,
+        topic: &str,
+        group: &str,
+        token: &str,
+        visibility_timeout_ms: u64,
+    ) -> Result<i64> {
+        validate_visibility("visibility_timeout_ms", visibility_timeout_ms)?;
+        let topic = topics.get(topic)?;
+        let qg = self.group(&topic.name, group)?;
+        let token = Token::decode(token, &qg.topic, &qg.group)?;
+        let now = self.clock.now_ms();
+        let (deadline, entries) = {
+            let mut state = qg.state();
+            let queue = state
+                .get_mut(token.partition as usize)
+                .ok_or_else(|| unknown_partition(&topic, token.partition))?;
+            let deadline = queue
+                .extend(now, token.offset, token.attempt, visibility_timeout_ms)
+                .map_err(|stale| fenced(&qg.topic, &qg.group, token.partition, &stale))?;
+            let mut entries = Vec::new();
+            let before = queue.done_below();
+            change_entries(
+                &qg,
+                token.partition,
+                queue,
+                before,
+                &[token.offset],
+                &mut entries,
+            );
+            (deadline, entries)
+        };
+        self.persist(entries).await?;
+        Ok(deadline)
+    }
+
+    /// Gives a message back without counting the attempt.
+    pub async fn release(
+        &self,
+        topics: &Topics,
+        topic: &str,
+        group: &str,
+        token: &str,
+    ) -> Result<()> {
+        let topic = topics.get(topic)?;
+        let qg = self.group(&topic.name, group)?;
+        let token = Token::decode(token, &qg.topic, &qg.group)?;
+        let now = self.clock.now_ms();
+        let entries = {
+            let mut state = qg.state();
+            let queue = state
+                .get_mut(token.partition as usize)
+                .ok_or_else(|| unknown_partition(&topic, token.partition))?;
+            queue
+                .release(now, token.offset, token.attempt)
+                .map_err(|stale| fenced(&qg.topic, &qg.group, token.partition, &stale))?;
+            let mut entries = Vec::new();
+            let before = queue.done_below();
+            change_entries(
+                &qg,
+                token.partition,
+                queue,
+                before,
+                &[token.offset],
+                &mut entries,
+            );
+            entries
+        };
+        qg.changed.notify_waiters();
+        self.persist(entries).await
+    }
+
+    /// The group's partitions: counts, cursor, and the age of the oldest ready message.
+    pub async fn describe(
+        &self,
+        topics: &Topics,
+        topic: &str,
+        group: &str,
+    ) -> Result<(Vec<PartitionDescription>, RetryPolicy)> {
+        let topic = topics.get(topic)?;
+        let qg = self.group(&topic.name, group)?;
+        let now = self.clock.now_ms();
+        let mut described = Vec::new();
+        let mut oldest = Vec::new();
+        {
+            let state = qg.state();
+            for (partition, queue) in topic.partitions.iter().zip(state.iter()) {
+                let counts = queue.counts(now);
+                let log_end = partition.high_watermark();
+                let never = log_end.saturating_sub(queue.next());
+                let first_ready = queue
+                    .slots()
+                    .find(|(_, s)| match s.state {
+                        state::SlotState::Waiting { until_ms } => until_ms <= now,
+                        state::SlotState::Leased { deadline_ms } => deadline_ms <= now,
+                        _ => false,
+                    })
+                    .map(|(offset, _)| offset)
+                    .or((never > 0).then(|| queue.next()));
+                oldest.push(first_ready);
+                described.push(PartitionDescription {
+                    partition: partition.id(),
+                    done_below: queue.done_below(),
+                    ready: counts.ready + never,
+                    delayed: counts.delayed,
+                    in_flight: counts.in_flight,
+                    done: queue.done_below() + counts.done,
+                    dead_lettered: queue.dead_lettered(),
+                    log_end,
+                    oldest_ready_age_ms: None,
+                });
+            }
+        }
+        for (description, first) in described.iter_mut().zip(oldest) {
+            let Some(offset) = first else { continue };
+            let partition = topic.partition(description.partition)?;
+            if let Ok(records) = read_records(partition, &[offset]).await
+                && let Some(Some(record)) = records.into_iter().next()
+            {
+                description.oldest_ready_age_ms = Some(now.saturating_sub(record.timestamp_ms));
+            }
+        }
+        Ok((described, topic.settings.retry))
+    }
+
+    /// Dead-letters leases that ran out on their last attempt, and finishes dead letters and
+    /// redrives a crash interrupted; at each earliest lease deadline, until `stop`.
+    pub async fn run_timers(&self, broker: &Arc<Broker>, mut stop: watch::Receiver<bool>) {
+        if let Err(error) = self.recover(broker).await {
+            tracing::error!(%error, "finishing interrupted dead letters and redrives failed");
+        }
+        loop {
+            let hint = self.earliest_deadline_ms.swap(i64::MAX, Ordering::AcqRel);
+            let now = self.clock.now_ms();
+            if hint <= now {
+                self.expire_all(broker, now).await;
+                continue;
+            }
+            let wait = if hint == i64::MAX {
+                Duration::from_secs(3600)
+            } else {
+                self.earliest_deadline_ms.fetch_min(hint, Ordering::AcqRel);
+                Duration::from_millis(hint.saturating_sub(now) as u64)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.timers.notified() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// Expires every group's leases at `now`: waits begin, last attempts are dead-lettered,
+    /// long polls wake; notes the next deadline.
+    async fn expire_all(&self, broker: &Arc<Broker>, now: i64) {
+        let groups: Vec<Arc<QueueGroup>> = self.groups().values().cloned().collect();
+        for qg in groups {
+            let Ok(topic) = broker.topics.get(&qg.topic) else {
+                continue;
+            };
+            let policy = topic.settings.retry;
+            let (exhausted, next) = {
+                let mut state = qg.state();
+                let mut exhausted = Vec::new();
+                for (p, queue) in state.iter_mut().enumerate() {
+                    for e in queue.expire(now, &policy, &mut unit) {
+                        exhausted.push((p as u32, e));
+                    }
+                }
+                let next = state
+                    .iter()
+                    .flat_map(|q| q.slots())
+                    .filter_map(|(_, s)| match s.state {
+                        state::SlotState::Leased { deadline_ms } => Some(deadline_ms),
+                        _ => None,
+                    })
+                    .min();
+                (exhausted, next)
+            };
+            if let Some(next) = next {
+                self.earliest_deadline_ms.fetch_min(next, Ordering::AcqRel);
+            }
+            qg.changed.notify_waiters();
+            for (p, e) in exhausted {
+                if let Err(error) = self.dead_letter(broker, &topic, &qg, p, e).await {
+                    tracing::error!(topic = %qg.topic, group = %qg.group, partition = p, %error, "dead-lettering failed");
+                }
+            }
+        }
+    }
+}
+
+fn unknown_partition(topic: &Topic, partition: u32) -> Error {
+    Error::UnknownPartition {
+        topic: topic.name.clone(),
+        partition,
+        partitions: topic.partitions.len() as u32,
+    }
+}
+
+/// A record read back for a delivery, its bytes slices of the read.
+#[derive(Debug, Clone)]
+struct OwnedRecord {
+    key: Option<Bytes>,
+    value: Bytes,
+    headers: Vec<(String, Bytes)>,
+    timestamp_ms: i64,
+}
+
+/// The records at `offsets` (sorted, ascending) of `partition`; `None` where the log holds
+/// none (compacted away, or below its earliest offset).
+async fn read_records(partition: &Partition, offsets: &[u64]) -> Result<Vec<Option<OwnedRecord>>> {
+    let mut found: Vec<Option<OwnedRecord>> = vec![None; offsets.len()];
+    let mut i = 0;
+    let earliest = partition.earliest_offset();
+    while i < offsets.len() && offsets[i] < earliest {
+        i += 1;
+    }
+    while i < offsets.len() {
+        if offsets[i] >= partition.high_watermark() {
+            break;
+        }
+        let read = match partition.read(offsets[i], READ_BYTES).await {
+            Ok(read) => read,
+            Err(Error::Storage(sluice_storage::Error::OffsetOutOfRange { .. })) => {
+                i += 1;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let bytes = read.batches;
+        if bytes.is_empty() {
+            break;
+        }
+        let mut last_next = offsets[i];
+        for framed in Batches::new(&bytes) {
+            let framed = framed.map_err(|e| Error::Storage(e.into()))?;
+            let view = framed.stored().map_err(|e| Error::Storage(e.into()))?;
+            for record in view.records() {
+                while i < offsets.len() && offsets[i] < record.offset {
+                    i += 1;
+                }
+                if i < offsets.len() && offsets[i] == record.offset {
+                    found[i] = Some(OwnedRecord {
+                        key: record.key.map(|k| bytes.slice_ref(k)),
+                        value: record.value.map_or_else(Bytes::new, |v| bytes.slice_ref(v)),
+                        headers: record
+                            .headers()
+                            .map(|h: Header<'_>| {
+                                (
+                                    h.key.to_owned(),
+                                    h.value.map_or_else(Bytes::new, |v| bytes.slice_ref(v)),
+                                )
+                            })
+                            .collect(),
+                        timestamp_ms: record.timestamp,
+                    });
+                    i += 1;
+                }
+            }
+            last_next = framed.prefix.next_offset();
+        }
+        // Offsets in gaps of what was read are gone; the next read starts at the first
+        // offset still wanted (each read holds it, or a later batch, so `i` always moves).
+        while i < offsets.len() && offsets[i] < last_next {
+            i += 1;
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,441 @@
+//! The durable form of queue state: records of the internal compacted topic `__queue_state`,
+//! written through the partition write path and replayed at start (design.md §4, "everything
+//! is a log").
+//!
+//! Keys are UTF-8, parts joined by NUL, numbers in decimal; the first part says what the
+//! record is. Values are little-endian, version first:
+//!
+//! ```text
+//! cursor  key = "c" NUL group NUL topic NUL partition
+//!         value = { u8 version | u64 done_below | u64 dead_lettered }
+//! slot    key = "s" NUL group NUL topic NUL partition NUL offset
+//!         value = { u8 version | u8 state | u32 attempts | i64 time_ms | u64 dlq_from | error }
+//!         (null value: a tombstone; the cursor passed the offset)
+//! redrive key = "r" NUL topic NUL dlq_partition NUL dlq_offset
+//!         value = { u8 version | u8 state | u32 target_partition | u64 target_from }
+//! ```
+//!
+//! | record  | offset | size | field              | notes                                     |
+//! |---------|-------:|-----:|--------------------|-------------------------------------------|
+//! | cursor  |      0 |    1 | `version`          | [`VERSION`]                               |
+//! | cursor  |      1 |    8 | `done_below`       | every offset below is done                |
+//! | cursor  |      9 |    8 | `dead_lettered`    | dead letters of the partition, ever       |
+//! | slot    |      0 |    1 | `version`          | [`VERSION`]                               |
+//! | slot    |      1 |    1 | `state`            | 1 leased, 2 waiting, 3 acked, 4 dead-lettering, 5 dead |
+//! | slot    |      2 |    4 | `attempts`         | deliveries so far                         |
+//! | slot    |      6 |    8 | `time_ms`          | leased: deadline; waiting: until; else 0  |
+//! | slot    |     14 |    8 | `dlq_from`         | dead-lettering: the DLQ's end before it   |
+//! | slot    |     22 |    … | `error`            | the last error, UTF-8 (may be empty)      |
+//! | redrive |      0 |    1 | `version`          | [`VERSION`]                               |
+//! | redrive |      1 |    1 | `state`            | 1 intent, 2 done                          |
+//! | redrive |      2 |    4 | `target_partition` | the origin topic's partition              |
+//! | redrive |      6 |    8 | `target_from`      | that partition's end before the append    |
+//!
+//! Compaction keeps the latest record per key, so the topic holds about one cursor per
+//! (group, topic, partition), one slot per offset in a window (bounded), and one redrive
+//! record per dead letter redriven. When a cursor moves, the same batch carries tombstones
+//! for the slots it passed, so they go too.
+
+use super::state::{PartitionQueue, Slot, SlotState};
+use sluice_storage::format::BatchView;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The format version of every value.
+pub const VERSION: u8 = 1;
+const CURSOR_LEN: usize = 17;
+const SLOT_HEADER_LEN: usize = 22;
+const REDRIVE_LEN: usize = 14;
+const _: () = assert!(CURSOR_LEN == 1 + 8 + 8);
+const _: () = assert!(SLOT_HEADER_LEN == 1 + 1 + 4 + 8 + 8);
+const _: () = assert!(REDRIVE_LEN == 1 + 1 + 4 + 8);
+
+/// A record to append: key and value (`None`: tombstone).
+pub type Entry = (Vec<u8>, Option<Vec<u8>>);
+
+/// The cursor key.
+pub fn cursor_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+    format!("c\0{group}\0{topic}\0{partition}").into_bytes()
+}
+
+/// A slot key.
+pub fn slot_key(group: &str, topic: &str, partition: u32, offset: u64) -> Vec<u8> {
+    format!("s\0{group}\0{topic}\0{partition}\0{offset}").into_bytes()
+}
+
+/// A redrive key.
+pub fn redrive_key(topic: &str, dlq_partition: u32, dlq_offset: u64) -> Vec<u8> {
+    format!("r\0{topic}\0{dlq_partition}\0{dlq_offset}").into_bytes()
+}
+
+/// A cursor value.
+pub fn cursor_value(queue: &PartitionQueue) -> Vec<u8> {
+    let mut value = Vec::with_capacity(CURSOR_LEN);
+    value.push(VERSION);
+    value.extend_from_slice(&queue.done_below().to_le_bytes());
+    value.extend_from_slice(&queue.dead_lettered().to_le_bytes());
+    value
+}
+
+/// A slot value.
+pub fn slot_value(slot: &Slot) -> Vec<u8> {
+    let (state, time_ms, dlq_from) = match slot.state {
+        SlotState::Leased { deadline_ms } => (1u8, deadline_ms, 0u64),
+        SlotState::Waiting { until_ms } => (2, until_ms, 0),
+        SlotState::Acked => (3, 0, 0),
+        SlotState::DeadLettering { dlq_from } => (4, 0, dlq_from),
+        SlotState::Dead => (5, 0, 0),
+    };
+    let error = slot.last_error.as_deref().unwrap_or("");
+    let mut value = Vec::with_capacity(SLOT_HEADER_LEN + error.len());
+    value.push(VERSION);
+    value.push(state);
+    value.extend_from_slice(&slot.attempts.to_le_bytes());
+    value.extend_from_slice(&time_ms.to_le_bytes());
+    value.extend_from_slice(&dlq_from.to_le_bytes());
+    value.extend_from_slice(error.as_bytes());
+    value
+}
+
+/// Where a redrive of one dead letter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redrive {
+    /// About to append to `target_partition`, whose end offset was `target_from`.
+    Intent {
+        /// The origin topic's partition.
+        target_partition: u32,
+        /// Its end offset before the append.
+        target_from: u64,
+    },
+    /// Appended: never again.
+    Done,
+}
+
+/// A redrive value.
+pub fn redrive_value(redrive: Redrive) -> Vec<u8> {
+    let (state, partition, from) = match redrive {
+        Redrive::Intent {
+            target_partition,
+            target_from,
+        } => (1u8, target_partition, target_from),
+        Redrive::Done => (2, 0, 0),
+    };
+    let mut value = Vec::with_capacity(REDRIVE_LEN);
+    value.push(VERSION);
+    value.push(state);
+    value.extend_from_slice(&partition.to_le_bytes());
+    value.extend_from_slice(&from.to_le_bytes());
+    value
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn decode_slot(value: &[u8]) -> Option<Slot> {
+    if value.len() < SLOT_HEADER_LEN || value[0] != VERSION {
+        return None;
+    }
+    let attempts = u32_at(value, 2)?;
+    let time_ms = u64_at(value, 6)? as i64;
+    let dlq_from = u64_at(value, 14)?;
+    let state = match value[1] {
+        1 => SlotState::Leased {
+            deadline_ms: time_ms,
+        },
+        2 => SlotState::Waiting { until_ms: time_ms },
+        3 => SlotState::Acked,
+        4 => SlotState::DeadLettering { dlq_from },
+        5 => SlotState::Dead,
+        _ => return None,
+    };
+    let error = std::str::from_utf8(&value[SLOT_HEADER_LEN..]).ok()?;
+    Some(Slot {
+        attempts,
+        state,
+        last_error: (!error.is_empty()).then(|| Arc::from(error)),
+    })
+}
+
+fn decode_redrive(value: &[u8]) -> Option<Redrive> {
+    if value.len() != REDRIVE_LEN || value[0] != VERSION {
+        return None;
+    }
+    match value[1] {
+        1 => Some(Redrive::Intent {
+            target_partition: u32_at(value, 2)?,
+            target_from: u64_at(value, 6)?,
+        }),
+        2 => Some(Redrive::Done),
+        _ => None,
+    }
+}
+
+/// (group, topic).
+pub type GroupKey = (String, String);
+
+/// What one partition's records said, while replaying.
+#[derive(Debug, Default)]
+struct Found {
+    cursor: Option<(u64, u64)>,
+    slots: BTreeMap<u64, Slot>,
+}
+
+/// The replay state machine of `__queue_state`.
+#[derive(Debug, Default)]
+pub struct Replaying {
+    partitions: HashMap<GroupKey, BTreeMap<u32, Found>>,
+    /// Redrive records by (topic, dlq partition, dlq offset).
+    pub redrives: HashMap<(String, u32, u64), Redrive>,
+    /// Records that did not decode (skipped with a warning).
+    pub malformed: u64,
+}
+
+impl Replaying {
+    /// The queues rebuilt: per (group, topic), per partition.
+    pub fn into_queues(self) -> (HashMap<GroupKey, BTreeMap<u32, PartitionQueue>>, Redrives) {
+        let queues = self
+            .partitions
+            .into_iter()
+            .map(|(key, partitions)| {
+                let partitions = partitions
+                    .into_iter()
+                    .map(|(partition, found)| {
+                        // Without a cursor (its group's creation did not become durable), the
+                        // oldest slot is where the window starts.
+                        let oldest = found.slots.keys().next().copied().unwrap_or(0);
+                        let (done_below, dead) = found.cursor.unwrap_or((oldest, 0));
+                        (
+                            partition,
+                            PartitionQueue::restored(done_below, dead, found.slots),
+                        )
+                    })
+                    .collect();
+                (key, partitions)
+            })
+            .collect();
+        (queues, self.redrives)
+    }
+
+    fn apply_record(&mut self, key: &[u8], value: Option<&[u8]>) -> Option<()> {
+        let key = std::str::from_utf8(key).ok()?;
+        let mut parts = key.split('\0');
+        match parts.next()? {
+            "c" => {
+                let group = parts.next()?;
+                let topic = parts.next()?;
+                let partition: u32 = parts.next()?.parse().ok()?;
+                let value = value?;
+                if value.len() != CURSOR_LEN || value[0] != VERSION {
+                    return None;
+                }
+                let done_below = u64_at(value, 1)?;
+                let dead = u64_at(value, 9)?;
+                let found = self.found(group, topic, partition);
+                // Concurrent appends may land out of order: the cursor only grows.
+                let (d, n) = found.cursor.unwrap_or((0, 0));
+                found.cursor = Some((d.max(done_below), n.max(dead)));
+            }
+            "s" => {
+                let group = parts.next()?;
+                let topic = parts.next()?;
+                let partition: u32 = parts.next()?.parse().ok()?;
+                let offset: u64 = parts.next()?.parse().ok()?;
+                let found = self.found(group, topic, partition);
+                match value {
+                    None => {
+                        found.slots.remove(&offset);
+                    }
+                    Some(value) => {
+                        let slot = decode_slot(value)?;
+                        // Out-of-order records of one offset: the later attempt, then the
+                        // later state, wins.
+                        let newer = found.slots.get(&offset).is_none_or(|old| {
+                            (slot.attempts, slot.state.rank()) >= (old.attempts, old.state.rank())
+                        });
+                        if newer {
+                            found.slots.insert(offset, slot);
+                        }
+                    }
+                }
+            }
+            "r" => {
+                let topic = parts.next()?;
+                let partition: u32 = parts.next()?.parse().ok()?;
+                let offset: u64 = parts.next()?.parse().ok()?;
+                let redrive = decode_redrive(value?)?;
+                let entry = self
+                    .redrives
+                    .entry((topic.to_owned(), partition, offset))
+                    .or_insert(redrive);
+                if redrive == Redrive::Done {
+                    *entry = Redrive::Done;
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    fn found(&mut self, group: &str, topic: &str, partition: u32) -> &mut Found {
+        self.partitions
+            .entry((group.to_owned(), topic.to_owned()))
+            .or_default()
+            .entry(partition)
+            .or_default()
+    }
+}
+
+/// Redrive records by (topic, dlq partition, dlq offset).
+pub type Redrives = HashMap<(String, u32, u64), Redrive>;
+
+impl sluice_storage::replay::StateMachine for Replaying {
+    type Error = crate::error::Error;
+
+    fn restore(&mut self, _state: &[u8]) -> crate::Result<()> {
+        Err(crate::error::Error::BadMetadata {
+            path: super::STATE_TOPIC.into(),
+            reason:
+                "queue state takes no snapshot (the compacted log is the state), but one was found"
+                    .into(),
+        })
+    }
+
+    fn apply(&mut self, batch: &BatchView<'_>) -> crate::Result<()> {
+        for record in batch.records() {
+            let applied = record
+                .key
+                .and_then(|key| self.apply_record(key, record.value));
+            if applied.is_none() {
+                self.malformed += 1;
+                tracing::warn!(
+                    offset = record.offset,
+                    "skipping a malformed queue state record"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use sluice_storage::format::BatchBuilder;
+    use sluice_storage::replay::StateMachine;
+
+    fn apply(replaying: &mut Replaying, entries: &[Entry]) {
+        let mut builder = BatchBuilder::new();
+        for (key, value) in entries {
+            builder.push(0, Some(key), value.as_deref(), &[]).unwrap();
+        }
+        let batch = builder.finish().unwrap();
+        replaying
+            .apply(&BatchView::new(&batch, usize::MAX).unwrap())
+            .unwrap();
+    }
+
+    #[test]
+    fn records_round_trip_through_replay() {
+        let mut queue = PartitionQueue::new(0);
+        queue.lease(1000, 3, 500, 3, 10);
+        queue.ack(1000, 0, 1).unwrap();
+        let leased = queue.slot(1).unwrap().clone();
+        let mut nacked = queue.slot(2).unwrap().clone();
+        nacked.state = SlotState::DeadLettering { dlq_from: 9 };
+        nacked.last_error = Some(Arc::from("boom"));
+        let mut replaying = Replaying::default();
+        apply(
+            &mut replaying,
+            &[
+                (slot_key("g", "t", 0, 0), Some(slot_value(&leased))),
+                (slot_key("g", "t", 0, 1), Some(slot_value(&leased))),
+                (slot_key("g", "t", 0, 2), Some(slot_value(&nacked))),
+                (cursor_key("g", "t", 0), Some(cursor_value(&queue))),
+                (slot_key("g", "t", 0, 0), None),
+                (
+                    redrive_key("t", 0, 4),
+                    Some(redrive_value(Redrive::Intent {
+                        target_partition: 1,
+                        target_from: 7,
+                    })),
+                ),
+                (b"junk".to_vec(), Some(vec![1])),
+            ],
+        );
+        assert_eq!(replaying.malformed, 1);
+        // An older cursor landing late does not move it back.
+        apply(
+            &mut replaying,
+            &[(
+                cursor_key("g", "t", 0),
+                Some(cursor_value(&PartitionQueue::new(0))),
+            )],
+        );
+        let (queues, redrives) = replaying.into_queues();
+        let restored = &queues[&("g".to_owned(), "t".to_owned())][&0];
+        assert_eq!(restored.done_below(), 1);
+        assert_eq!(restored.slot(1), Some(&leased));
+        assert_eq!(restored.slot(2), Some(&nacked));
+        assert_eq!(
+            redrives[&("t".to_owned(), 0, 4)],
+            Redrive::Intent {
+                target_partition: 1,
+                target_from: 7
+            }
+        );
+    }
+
+    #[test]
+    fn a_lower_attempt_landing_late_does_not_win() {
+        let mut replaying = Replaying::default();
+        let slot = |attempts, state| Slot {
+            attempts,
+            state,
+            last_error: None,
+        };
+        apply(
+            &mut replaying,
+            &[
+                (
+                    slot_key("g", "t", 0, 0),
+                    Some(slot_value(&slot(2, SlotState::Leased { deadline_ms: 5 }))),
+                ),
+                (
+                    slot_key("g", "t", 0, 0),
+                    Some(slot_value(&slot(1, SlotState::Waiting { until_ms: 3 }))),
+                ),
+            ],
+        );
+        let (queues, _) = replaying.into_queues();
+        let restored = &queues[&("g".to_owned(), "t".to_owned())][&0];
+        assert_eq!(restored.slot(0).unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn damaged_values_are_refused() {
+        let slot = Slot {
+            attempts: 1,
+            state: SlotState::Acked,
+            last_error: None,
+        };
+        let value = slot_value(&slot);
+        assert!(decode_slot(&value).is_some());
+        for len in 0..SLOT_HEADER_LEN {
+            assert!(decode_slot(&value[..len]).is_none());
+        }
+        let mut bad = value.clone();
+        bad[1] = 9;
+        assert!(decode_slot(&bad).is_none());
+        let mut bad = value;
+        bad[0] = 2;
+        assert!(decode_slot(&bad).is_none());
+        assert!(decode_redrive(&[1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
+    }
+}
