@@ -7,6 +7,8 @@
 //!   partitioning, a bounded buffer, retries with backoff; one `Produce` in flight per
 //!   partition, so order within a partition holds.
 //! - [`Admin`]: topics: create, delete, list, describe.
+//! - [`Queue`] and [`Worker`]: queue mode — leases, acks, nacks, and a pool of handlers that
+//!   extends leases while it works, batches acks and drains on shutdown.
 //! - [`Consumer`]: assigned partitions, long-poll fetches, checksum-verified zero-copy decoding,
 //!   positions, seeks, and group offset commits.
 //!
@@ -23,6 +25,8 @@ mod error;
 mod group;
 pub mod partitioner;
 mod producer;
+pub mod queue;
+mod worker;
 
 pub use admin::Admin;
 pub use config::{ConnectionConfig, ConsumerConfig, ProducerConfig};
@@ -32,4 +36,6 @@ pub use error::{Error, Result};
 pub use group::{Rebalance, TopicPartition};
 pub use partitioner::Partitioner;
 pub use producer::{BatchMetadata, DeliveryFuture, Producer, ProducerRecord, RecordMetadata};
+pub use queue::{Job, Queue, RedriveRange};
 pub use sluice_storage::format::{BatchBuilder, BatchView, FormatError, Header, Record};
+pub use worker::{Worker, WorkerStats};

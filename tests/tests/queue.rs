@@ -785,3 +785,135 @@ mod rand_like {
         }
     }
 }
+
+async fn client_queue(broker: &TestBroker) -> sluice_client::Queue {
+    sluice_client::Queue::connect(
+        sluice_client::ConnectionConfig::new().address(broker.addr.to_string()),
+    )
+    .await
+    .unwrap()
+}
+
+/// A Worker acks what its handler finished, nacks what failed (retried, then done), keeps
+/// extending a job that runs for many visibility timeouts, and drains on shutdown.
+#[tokio::test(start_paused = true)]
+async fn a_worker_acks_nacks_and_extends_long_jobs() {
+    let broker = TestBroker::start_env(None, paused_env(), |_| {}).await;
+    create_topic(&broker, "jobs", 2, queue_config(3, 10, 10)).await;
+    let mut values: Vec<String> = (0..100).map(|i| format!("job-{i}")).collect();
+    values.push("slow".into());
+    enqueue(&broker, "jobs", 0, &values[..50]).await;
+    enqueue(&broker, "jobs", 1, &values[50..]).await;
+    let runs: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = sluice_client::Worker::new(client_queue(&broker).await, "jobs", "w")
+        .concurrency(8)
+        .visibility_timeout(Duration::from_secs(3))
+        .max_wait(Duration::from_millis(200));
+    let handler_runs = Arc::clone(&runs);
+    let running = tokio::spawn(worker.run_until(
+        move |job: sluice_client::Job| {
+            let runs = Arc::clone(&handler_runs);
+            async move {
+                let name = String::from_utf8(job.value.to_vec()).unwrap();
+                runs.lock()
+                    .unwrap()
+                    .entry(name.clone())
+                    .or_default()
+                    .push(job.attempt);
+                if name == "slow" {
+                    // Ten visibility timeouts: only extensions keep it from running twice.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return Ok(());
+                }
+                let n: usize = name["job-".len()..].parse().unwrap();
+                if n.is_multiple_of(10) && job.attempt == 1 {
+                    return Err(format!("job {n} is flaky"));
+                }
+                Ok(())
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut queue = broker.queue().await;
+    for _ in 0..10_000 {
+        let (in_flight, done, ..) = totals(&describe(&mut queue, "jobs", "w").await);
+        if done == 101 && in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    let stats = tokio::time::timeout(Duration::from_secs(120), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.succeeded, 101);
+    assert_eq!(stats.failed, 10);
+    assert_eq!(stats.acks_refused, 0);
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 101);
+    assert_eq!(runs["slow"], vec![1], "extended, never redelivered");
+    for (name, attempts) in &runs {
+        let flaky = name
+            .strip_prefix("job-")
+            .is_some_and(|n| n.parse::<usize>().unwrap().is_multiple_of(10));
+        let want = if flaky { vec![1, 2] } else { vec![1] };
+        assert_eq!(attempts, &want, "{name}");
+    }
+    let (in_flight, done, dead, ..) = totals(&describe(&mut queue, "jobs", "w").await);
+    assert_eq!((in_flight, done, dead), (0, 101, 0));
+    broker.stop().await;
+}
+
+/// Shutdown stops leasing, lets running handlers finish until the deadline, and releases
+/// those it cuts off: the job comes back at the same attempt.
+#[tokio::test(start_paused = true)]
+async fn a_worker_shutdown_releases_what_it_cuts_off() {
+    let broker = TestBroker::start_env(None, paused_env(), |_| {}).await;
+    create_topic(&broker, "jobs", 1, queue_config(3, 10, 10)).await;
+    enqueue(&broker, "jobs", 0, &["quick".into(), "stuck".into()]).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let worker = sluice_client::Worker::new(client_queue(&broker).await, "jobs", "w")
+        .concurrency(2)
+        .visibility_timeout(Duration::from_secs(60))
+        .max_wait(Duration::from_millis(100))
+        .shutdown_timeout(Duration::from_secs(5));
+    let notify = Arc::clone(&started);
+    let running = tokio::spawn(worker.run_until(
+        move |job: sluice_client::Job| {
+            let notify = Arc::clone(&notify);
+            async move {
+                if &job.value[..] == b"stuck" {
+                    notify.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), String>(())
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    started.notified().await;
+    let _ = stop.send(());
+    let stats = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((stats.succeeded, stats.released), (1, 1));
+    let mut queue = broker.queue().await;
+    let back = lease(&mut queue, "jobs", "w", 10, 60_000, 0).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (value(&back[0]).as_str(), back[0].attempt),
+        ("stuck", 1),
+        "a release does not count"
+    );
+    broker.stop().await;
+}
