@@ -1,4 +1,5 @@
-//! The client side of the `sluice` binary: `topic`, `produce`, `consume` and `bench`.
+//! The client side of the `sluice` binary: `topic`, `produce`, `consume`, `bench`, `group`,
+//! and queue mode's `enqueue`, `work`, `queue` and `dlq`.
 //!
 //! Every command talks to a broker at `--broker HOST:PORT` (env `SLUICE_BROKER`, default
 //! `127.0.0.1:7070`) over the same gRPC API any client uses.
@@ -7,6 +8,7 @@ mod bench;
 mod consume;
 mod group;
 mod produce;
+mod queue;
 mod topic;
 
 use clap::{Args, Subcommand};
@@ -26,6 +28,14 @@ pub enum ClientCommand {
     Bench(bench::BenchArgs),
     /// List, describe, reset or delete consumer groups.
     Group(group::GroupArgs),
+    /// Enqueue one job per line of stdin (queue mode; the same as `produce`).
+    Enqueue(produce::ProduceArgs),
+    /// Run a command per job of a queue group: value on stdin, exit 0 acks, else nacks.
+    Work(queue::WorkArgs),
+    /// Describe a queue group.
+    Queue(queue::QueueArgs),
+    /// Dead letters of a topic: list, peek, redrive.
+    Dlq(queue::DlqArgs),
 }
 
 /// Where the broker is: a global flag, accepted before or after any subcommand.
@@ -122,5 +132,9 @@ pub async fn run(command: ClientCommand, broker: &BrokerArgs) -> anyhow::Result<
         ClientCommand::Consume(args) => consume::run(args, broker).await,
         ClientCommand::Bench(args) => bench::run(args, broker).await,
         ClientCommand::Group(args) => group::run(args, broker).await,
+        ClientCommand::Enqueue(args) => produce::run(args, broker).await,
+        ClientCommand::Work(args) => queue::work(args, broker).await,
+        ClientCommand::Queue(args) => queue::queue(args, broker).await,
+        ClientCommand::Dlq(args) => queue::dlq(args, broker).await,
     }
 }
