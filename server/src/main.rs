@@ -143,15 +143,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
-    sluice_server::run(
-        config,
-        sluice_server::Env::default(),
-        grpc,
-        http,
-        shutdown_signal(),
-    )
-    .await?;
+    let env = sluice_server::Env {
+        failpoint: failpoint()?,
+        ..sluice_server::Env::default()
+    };
+    sluice_server::run(config, env, grpc, http, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The crash point `SLUICE_FAILPOINT` names, for crash tests. Read only in debug builds (the
+/// tests'): a release binary ignores the variable.
+#[cfg(debug_assertions)]
+fn failpoint() -> anyhow::Result<Option<sluice_server::queue::Failpoint>> {
+    match std::env::var("SLUICE_FAILPOINT") {
+        Ok(name) => sluice_server::queue::Failpoint::parse(&name)
+            .map(Some)
+            .with_context(|| format!("unknown SLUICE_FAILPOINT {name:?}")),
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn failpoint() -> anyhow::Result<Option<sluice_server::queue::Failpoint>> {
+    Ok(None)
 }
 
 fn main() -> std::process::ExitCode {
