@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod inflight;
 pub mod oversize;
 pub mod partition;
+pub mod producers;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topics;
@@ -44,6 +45,8 @@ pub struct Broker {
     pub topics: topics::Topics,
     /// Consumer groups: membership and committed offsets.
     pub groups: groups::Groups,
+    /// Issues idempotent producers' ids.
+    pub producer_ids: producers::ProducerIds,
     /// The configuration.
     pub config: Config,
     /// The broker's clock.
@@ -95,7 +98,18 @@ pub async fn run(
                 config.max_inflight_bytes_per_partition,
                 config.retry_after_ms,
             ));
-            let topics = topics::Topics::open(store, limiter)?;
+            let sequencing = Arc::new(producers::Sequencing::new(
+                i64::try_from(config.producer_idle_ms).unwrap_or(i64::MAX),
+                config.max_producers_per_partition,
+                Duration::from_millis(config.producer_reorder_wait_ms),
+                clock.clone(),
+            ));
+            let topics = topics::Topics::open(store, limiter, Arc::clone(&sequencing))?;
+            let producer_ids = producers::ProducerIds::open(
+                &topics,
+                config.producer_ids_segment_bytes,
+                sequencing,
+            )?;
             let groups = groups::Groups::open(
                 &topics,
                 config.offsets_segment_bytes,
@@ -105,6 +119,7 @@ pub async fn run(
             Ok(Arc::new(Broker {
                 topics,
                 groups,
+                producer_ids,
                 config,
                 clock,
                 shutdown: stop,
@@ -230,7 +245,8 @@ pub async fn run(
     closed
 }
 
-/// Runs retention over every partition on the configured interval until shutdown.
+/// Runs retention over every partition on the configured interval until shutdown, and with
+/// it the idempotent producers' expiry and snapshots.
 async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(broker.config.retention_check_interval_ms);
     loop {
@@ -241,6 +257,7 @@ async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         let retention = Arc::clone(&broker);
         if let Err(error) = error::blocking(move || {
             retention.topics.enforce_retention();
+            retention.topics.maintain_producers();
             Ok(())
         })
         .await
