@@ -280,6 +280,13 @@ impl Producer {
         &self.inner.config
     }
 
+    /// The id and epoch the broker gave this producer, if it is idempotent. Batches sent with
+    /// [`send_batch`](Self::send_batch) may carry them (with their own per-partition
+    /// sequences) to get the broker's sequence check.
+    pub fn identity(&self) -> Option<(i64, i16)> {
+        self.inner.identity.map(|i| (i.producer_id, i.epoch))
+    }
+
     /// Queues `record` for `topic` and returns once it is in its partition's queue; the
     /// returned future resolves when the broker acknowledged (or refused) it.
     ///
