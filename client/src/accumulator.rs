@@ -22,6 +22,27 @@ pub(crate) struct Accumulator<T> {
     deadline: Option<Instant>,
     /// Size of the last sealed batch, to size the next builder.
     last_len: usize,
+    /// An idempotent producer's id, epoch and next sequence, stamped on each sealed batch.
+    producer: Option<Stamp>,
+}
+
+/// An idempotent producer's fields for the next sealed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) producer_id: i64,
+    pub(crate) epoch: i16,
+    pub(crate) next_sequence: i32,
+}
+
+impl Stamp {
+    /// Takes the sequences of `records` records: answers the first, advances past the last
+    /// (wrapping past `i32::MAX` to 0, as the broker counts).
+    pub(crate) fn take(&mut self, records: usize) -> i32 {
+        let first = self.next_sequence;
+        let space = i64::from(i32::MAX) + 1;
+        self.next_sequence = ((i64::from(first) + records as i64) % space) as i32;
+        first
+    }
 }
 
 /// A finished batch and the tickets of its records, in order.
@@ -39,7 +60,18 @@ impl<T> Accumulator<T> {
             tickets: Vec::new(),
             deadline: None,
             last_len: 4096,
+            producer: None,
         }
+    }
+
+    /// Stamps every batch sealed from now on with `stamp`, advancing its sequence.
+    pub(crate) fn set_producer(&mut self, stamp: Stamp) {
+        self.producer = Some(stamp);
+    }
+
+    /// The stamp the next sealed batch gets, if the producer is idempotent.
+    pub(crate) fn producer(&self) -> Option<Stamp> {
+        self.producer
     }
 
     /// Adds a record. Returns the batch it closed if the record did not fit in the open one
@@ -101,8 +133,13 @@ impl<T> Accumulator<T> {
             return None;
         }
         let capacity = self.last_len.max(self.builder.len()).min(self.batch_bytes);
-        let builder = std::mem::replace(&mut self.builder, BatchBuilder::with_capacity(capacity));
+        let mut builder =
+            std::mem::replace(&mut self.builder, BatchBuilder::with_capacity(capacity));
         self.last_len = builder.len();
+        if let Some(stamp) = &mut self.producer {
+            let first = stamp.take(self.tickets.len());
+            builder = builder.producer(stamp.producer_id, stamp.epoch, first);
+        }
         self.deadline = None;
         Some(Sealed {
             batch: builder.finish().map(bytes::BytesMut::freeze),

@@ -179,6 +179,19 @@ pub struct ProducerConfig {
     /// Time one produce attempt may take, sent as its gRPC deadline. Default 30 s;
     /// 1 ms ..= 10 min.
     pub request_timeout: Duration,
+    /// Idempotent delivery (design.md §5): the producer takes an id from the broker and
+    /// numbers its batches per partition, so a retry (after a lost connection, a timeout, a
+    /// broker restart) is appended once and order holds with several requests in flight.
+    /// Default true.
+    pub idempotence: bool,
+    /// Produce requests in flight per partition. Default 5; 1 ..= 5 (the broker remembers a
+    /// producer's last 5 batches per partition, so a retry is always one it knows). Without
+    /// idempotence, more than 1 lets a retried batch land after a later one.
+    pub max_in_flight: usize,
+    /// Names the producer across restarts: a new instance with the same id gets a higher
+    /// epoch and fences the older one (its batches are refused). Requires idempotence.
+    /// Default none; 1 ..= 249 bytes.
+    pub transactional_id: Option<String>,
 }
 
 impl Default for ProducerConfig {
@@ -193,9 +206,16 @@ impl Default for ProducerConfig {
             partitioner: Partitioner::KeyHash,
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(30),
+            idempotence: true,
+            max_in_flight: MAX_IN_FLIGHT,
+            transactional_id: None,
         }
     }
 }
+
+/// Most produce requests in flight per partition (the broker keeps a producer's last 5
+/// batches per partition).
+pub const MAX_IN_FLIGHT: usize = 5;
 
 impl ProducerConfig {
     /// The default config (broker at `127.0.0.1:7070`).
@@ -273,10 +293,54 @@ impl ProducerConfig {
         self
     }
 
+    /// Sets [`idempotence`](Self::idempotence).
+    #[must_use]
+    pub fn idempotence(mut self, on: bool) -> Self {
+        self.idempotence = on;
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight).
+    #[must_use]
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.max_in_flight = requests;
+        self
+    }
+
+    /// Sets [`transactional_id`](Self::transactional_id).
+    #[must_use]
+    pub fn transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.transactional_id = Some(id.into());
+        self
+    }
+
     /// Rejects values out of their documented bounds, naming the field and the value.
     pub fn validate(&self) -> Result<()> {
         self.connection.validate()?;
         self.retry.validate()?;
+        if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
+            return Err(invalid(
+                "max_in_flight",
+                self.max_in_flight,
+                "must be 1 ..= 5",
+            ));
+        }
+        if let Some(id) = &self.transactional_id {
+            if !self.idempotence {
+                return Err(invalid(
+                    "transactional_id",
+                    id,
+                    "needs idempotence (a transactional id names an idempotent producer)",
+                ));
+            }
+            if id.is_empty() || id.len() > 249 || id.contains('\0') {
+                return Err(invalid(
+                    "transactional_id",
+                    id,
+                    "must be 1 ..= 249 bytes without NUL",
+                ));
+            }
+        }
         check_duration(
             "linger",
             self.linger,

@@ -97,12 +97,16 @@ pub enum Idempotency {
 }
 
 /// Whether `status` is worth another attempt: `UNAVAILABLE` (broker down, connection lost,
-/// partition closing), `RESOURCE_EXHAUSTED` (back pressure), `ABORTED`, and
-/// `DEADLINE_EXCEEDED` for idempotent requests only.
+/// partition closing), `RESOURCE_EXHAUSTED` (back pressure), `ABORTED`, and for idempotent
+/// requests only `DEADLINE_EXCEEDED`, `UNKNOWN` and `CANCELLED` (what tonic answers when the
+/// connection broke mid-request: the broker never sends them, and the outcome is unknown,
+/// which only an idempotent request may retry).
 pub fn is_retriable(status: &Status, idempotency: Idempotency) -> bool {
     match status.code() {
         Code::Unavailable | Code::ResourceExhausted | Code::Aborted => true,
-        Code::DeadlineExceeded => idempotency == Idempotency::Idempotent,
+        Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
+            idempotency == Idempotency::Idempotent
+        }
         _ => false,
     }
 }

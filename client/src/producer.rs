@@ -1,22 +1,31 @@
-//! [`Producer`]: batches records per partition and sends them with one `Produce` per batch.
+//! [`Producer`]: batches records per partition and sends them with one `Produce` per batch,
+//! up to `max_in_flight` per partition at once.
 //!
 //! ```text
 //! send() ─ partition ─ buffer permit ─ mpsc(partition_queue_records) ─▶ partition task
-//!     partition task: Accumulator (linger, batch_bytes) ─▶ ready ─▶ one Produce in flight
+//!     partition task: Accumulator (linger, batch_bytes; stamps id, epoch, sequence) ─▶ ready
+//!                     ─▶ window of up to max_in_flight Produce requests
 //!                     ─▶ ack: every record's DeliveryFuture gets base_offset + index
 //! ```
 //!
 //! Invariants:
-//! - One task per (topic, partition), started on the first record for it, and at most one
-//!   `Produce` in flight per partition, so records of a partition are appended in `send` order,
-//!   retries included. A batch is retried whole; a batch that fails for good fails each of its
-//!   records with the broker's status, and the next batch is sent after it.
+//! - One task per (topic, partition), started on the first record for it.
+//! - Idempotent (the default): the producer takes an id and epoch from the broker
+//!   (`InitProducer`) and each sealed batch the next sequence numbers of its partition. The
+//!   broker appends a batch only if its sequence follows the last one appended, answers a
+//!   retry of one of the last 5 with the original offsets, and makes a batch that overtook
+//!   its predecessor wait for it. So up to 5 requests per partition are in flight, every
+//!   retry (lost connection, timeout, broker restart) is safe, and records of a partition are
+//!   appended once, in `send` order. A batch refused as out of order while one before it is
+//!   unanswered is sent again; a batch that fails for good fails its records, and the batches
+//!   after it are renumbered under a fresh producer id once none is in flight (their old
+//!   sequences can never be accepted).
+//! - Not idempotent: a produce lost with its connection (`UNAVAILABLE`) is retried and may be
+//!   appended twice; one that timed out is not retried (it fails with `DEADLINE_EXCEEDED`);
+//!   with more than one request in flight a retried batch may land after a later one.
 //! - Memory is bounded: `buffer_bytes` of records (a semaphore, released when a batch is
 //!   acknowledged or failed), `partition_queue_records` queued per partition, and per partition
-//!   one batch in flight, at most two sealed and one open.
-//! - Delivery is at least once: a produce lost with its connection (`UNAVAILABLE`) is retried
-//!   and may be appended twice; one that timed out is not retried (its outcome is unknown, so it
-//!   fails with `DEADLINE_EXCEEDED`). The idempotent producer (design.md §5) will close this.
+//!   `max_in_flight` batches in flight, at most two sealed and one open.
 //! - A topic's partition count and `max_batch_bytes` are read once with `DescribeTopic` and
 //!   cached for the producer's life.
 
@@ -29,16 +38,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use sluice_proto::ERROR_KIND;
 use sluice_proto::v1::{DescribeTopicRequest, ProduceRequest, admin_client::AdminClient};
-use sluice_proto::v1::{ProduceResponse, log_client::LogClient};
-use sluice_storage::format::HEADER_LEN;
+use sluice_proto::v1::{InitProducerRequest, ProduceResponse, log_client::LogClient};
+use sluice_storage::format::{FormatError, HEADER_LEN, restamp_producer};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::accumulator::{Accumulator, Sealed};
+use crate::accumulator::{Accumulator, Sealed, Stamp};
 use crate::config::{BROKER_MAX_BATCH_BYTES, ProducerConfig};
 use crate::connection::{self, Idempotency, RetryPolicy};
 use crate::error::{Error, Result};
@@ -205,6 +216,8 @@ struct Inner {
     admin: AdminClient<Channel>,
     /// `buffer_bytes` permits; a record holds its share until its batch is answered.
     buffer: Arc<Semaphore>,
+    /// The idempotent producer's id and epoch (idempotence on).
+    identity: Option<Identity>,
     state: Mutex<State>,
 }
 
@@ -236,9 +249,24 @@ impl Producer {
     pub async fn connect(config: ProducerConfig) -> Result<Self> {
         config.validate()?;
         let channel = connection::connect(&config.connection).await?;
+        let log = connection::log_client(channel.clone(), &config.connection);
+        let identity = if config.idempotence {
+            Some(
+                init_producer(
+                    &log,
+                    &config.retry,
+                    config.request_timeout,
+                    config.transactional_id.as_deref(),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                log: connection::log_client(channel.clone(), &config.connection),
+                identity,
+                log,
                 admin: connection::admin_client(channel, &config.connection),
                 buffer: Arc::new(Semaphore::new(config.buffer_bytes)),
                 state: Mutex::new(State::default()),
@@ -250,6 +278,13 @@ impl Producer {
     /// The config the producer runs with.
     pub fn config(&self) -> &ProducerConfig {
         &self.inner.config
+    }
+
+    /// The id and epoch the broker gave this producer, if it is idempotent. Batches sent with
+    /// [`send_batch`](Self::send_batch) may carry them (with their own per-partition
+    /// sequences) to get the broker's sequence check.
+    pub fn identity(&self) -> Option<(i64, i16)> {
+        self.inner.identity.map(|i| (i.producer_id, i.epoch))
     }
 
     /// Queues `record` for `topic` and returns once it is in its partition's queue; the
@@ -353,13 +388,15 @@ impl Producer {
         let (response, attempts) = produce(
             &self.inner.log,
             &config.retry,
+            Idempotency::NonIdempotent,
             config.request_timeout,
             topic,
             partition,
             batch,
             None,
         )
-        .await?;
+        .await
+        .map_err(|(error, _)| error)?;
         Ok(BatchMetadata {
             base_offset: response.base_offset,
             last_offset: response.last_offset,
@@ -506,6 +543,8 @@ impl Producer {
             request_timeout: inner.config.request_timeout,
             linger: inner.config.linger,
             batch_bytes: inner.config.batch_bytes.min(meta.max_batch_bytes),
+            max_in_flight: inner.config.max_in_flight,
+            identity: inner.identity,
         };
         tasks.push(tokio::spawn(task.run(receiver)));
         *slot = Some(sender.clone());
@@ -551,17 +590,67 @@ struct PartitionTask {
     request_timeout: Duration,
     linger: Duration,
     batch_bytes: usize,
+    max_in_flight: usize,
+    /// The idempotent producer's identity, if idempotence is on.
+    identity: Option<Identity>,
 }
 
-type InFlight = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// An idempotent producer's id and epoch, from `InitProducer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    producer_id: i64,
+    epoch: i16,
+}
+
+/// Where a batch of the window is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// A request for it is on its way.
+    Sending,
+    /// Refused as out of order while a batch before it was unresolved: sent again once that
+    /// one is on its way again (the broker waits for it), or renumbered.
+    Resend,
+    /// Answered (appended or failed for good).
+    Done,
+}
+
+/// A sealed batch in the window of requests in flight.
+struct Slot {
+    id: u64,
+    batch: Bytes,
+    tickets: Vec<Pending>,
+    state: SlotState,
+    resends: u32,
+}
+
+/// How one request for a batch ended.
+enum Sent {
+    Appended(ProduceResponse),
+    /// The broker refused it as out of order: a batch before it has not landed (yet).
+    OutOfOrder(Error),
+    Failed(Error),
+}
 
 impl PartitionTask {
     async fn run(self, mut commands: mpsc::Receiver<Command>) {
         let task = Arc::new(self);
         let mut accumulator: Accumulator<Pending> = Accumulator::new(task.batch_bytes, task.linger);
-        // Sealed batches waiting for the one in flight; at most two (see `push`).
+        if let Some(identity) = task.identity {
+            accumulator.set_producer(Stamp {
+                producer_id: identity.producer_id,
+                epoch: identity.epoch,
+                next_sequence: 0,
+            });
+        }
+        // Sealed batches waiting for room in the window; at most two (see `receive`).
         let mut ready: VecDeque<Sealed<Pending>> = VecDeque::new();
-        let mut in_flight: Option<InFlight> = None;
+        // Batches sent and not yet all answered, in sequence order.
+        let mut window: VecDeque<Slot> = VecDeque::new();
+        let mut sends: JoinSet<(u64, Sent)> = JoinSet::new();
+        let mut next_slot: u64 = 0;
+        // A batch of an idempotent producer failed for good: the batches after it carry
+        // sequences the broker will never accept, and are renumbered once none is in flight.
+        let mut broken = false;
         let mut sealed_count: u64 = 0;
         let mut answered_count: u64 = 0;
         let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
@@ -569,12 +658,74 @@ impl PartitionTask {
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
         loop {
-            if in_flight.is_none()
-                && let Some(sealed) = ready.pop_front()
-            {
-                in_flight = Some(Box::pin(task.clone().produce(sealed)));
+            while window.front().is_some_and(|s| s.state == SlotState::Done) {
+                window.pop_front();
             }
-            if !open && in_flight.is_none() && ready.is_empty() && accumulator.record_count() == 0 {
+            if broken && sends.is_empty() {
+                task.renumber(&mut window, &mut ready, &mut accumulator)
+                    .await;
+                broken = false;
+            }
+            if !broken {
+                for slot in window.iter_mut().filter(|s| s.state == SlotState::Resend) {
+                    slot.state = SlotState::Sending;
+                    slot.resends += 1;
+                    let delay = task.retry.delay(slot.resends.min(8) - 1, &Status::ok(""));
+                    sends.spawn(task.clone().send(
+                        slot.id,
+                        slot.batch.clone(),
+                        slot.tickets.len(),
+                        delay,
+                    ));
+                }
+                while window.len() < task.max_in_flight
+                    && let Some(Sealed { batch, tickets }) = ready.pop_front()
+                {
+                    match batch {
+                        Ok(batch) => {
+                            let id = next_slot;
+                            next_slot += 1;
+                            sends.spawn(task.clone().send(
+                                id,
+                                batch.clone(),
+                                tickets.len(),
+                                Duration::ZERO,
+                            ));
+                            window.push_back(Slot {
+                                id,
+                                batch,
+                                tickets,
+                                state: SlotState::Sending,
+                                resends: 0,
+                            });
+                        }
+                        Err(source) => {
+                            let error = Error::Encode {
+                                topic: task.topic.to_string(),
+                                partition: task.partition,
+                                source,
+                            };
+                            for pending in tickets {
+                                let _ = pending.reply.send(Err(error.clone()));
+                            }
+                            answered_count += 1;
+                        }
+                    }
+                }
+            }
+            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut flushes)
+                .into_iter()
+                .partition(|(target, _)| *target <= answered_count);
+            flushes = waiting;
+            for (_, reply) in done {
+                let _ = reply.send(());
+            }
+            if !open
+                && window.is_empty()
+                && ready.is_empty()
+                && sends.is_empty()
+                && accumulator.record_count() == 0
+            {
                 break;
             }
             let deadline = accumulator.deadline();
@@ -583,24 +734,38 @@ impl PartitionTask {
             {
                 linger.as_mut().reset(deadline);
             }
-            // Read more only while nothing sealed waits: a full pipeline pushes back on `send`.
+            // Read more only while nothing sealed waits: a full window pushes back on `send`.
             let receive = open && ready.is_empty();
             let mut seal = false;
             tokio::select! {
-                () = async {
-                    match in_flight.as_mut() {
-                        Some(produce) => produce.await,
-                        None => std::future::pending().await,
-                    }
-                }, if in_flight.is_some() => {
-                    in_flight = None;
-                    answered_count += 1;
-                    let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut flushes)
-                        .into_iter()
-                        .partition(|(target, _)| *target <= answered_count);
-                    flushes = waiting;
-                    for (_, reply) in done {
-                        let _ = reply.send(());
+                Some(joined) = sends.join_next(), if !sends.is_empty() => {
+                    let Ok((id, sent)) = joined else {
+                        // A send task panicked or was cancelled: nothing to answer from it.
+                        continue;
+                    };
+                    let Some(index) = window.iter().position(|s| s.id == id) else {
+                        continue;
+                    };
+                    let unresolved_before = window
+                        .iter()
+                        .take(index)
+                        .any(|s| s.state != SlotState::Done);
+                    let slot = &mut window[index];
+                    match sent {
+                        Sent::Appended(response) => {
+                            task.answer(std::mem::take(&mut slot.tickets), Ok(response));
+                            slot.state = SlotState::Done;
+                            answered_count += 1;
+                        }
+                        Sent::OutOfOrder(_) if broken || unresolved_before => {
+                            slot.state = SlotState::Resend;
+                        }
+                        Sent::OutOfOrder(error) | Sent::Failed(error) => {
+                            task.answer(std::mem::take(&mut slot.tickets), Err(error));
+                            slot.state = SlotState::Done;
+                            answered_count += 1;
+                            broken |= task.identity.is_some();
+                        }
                     }
                 }
                 command = commands.recv(), if receive => match command {
@@ -648,17 +813,80 @@ impl PartitionTask {
         }
     }
 
-    /// Sends one batch, retrying as the policy allows, and answers each of its records.
-    async fn produce(self: Arc<Self>, sealed: Sealed<Pending>) {
-        let Sealed { batch, tickets } = sealed;
-        let outcome = match batch {
-            Ok(batch) => self.send_batch(batch, tickets.len()).await,
-            Err(source) => Err(Error::Encode {
-                topic: self.topic.to_string(),
-                partition: self.partition,
-                source,
-            }),
+    /// After a batch failed for good: takes a fresh producer id (the broker will never accept
+    /// the old id's later sequences) and restamps every unanswered batch with it from sequence
+    /// 0, in order. None is in flight, so none can land under its old number afterwards. If no
+    /// id can be had, those batches fail with that error.
+    async fn renumber(
+        &self,
+        window: &mut VecDeque<Slot>,
+        ready: &mut VecDeque<Sealed<Pending>>,
+        accumulator: &mut Accumulator<Pending>,
+    ) {
+        let fresh = init_producer(&self.log, &self.retry, self.request_timeout, None).await;
+        let mut stamp = match fresh {
+            Ok(identity) => Stamp {
+                producer_id: identity.producer_id,
+                epoch: identity.epoch,
+                next_sequence: 0,
+            },
+            Err(error) => {
+                for slot in window.iter_mut().filter(|s| s.state != SlotState::Done) {
+                    self.answer(std::mem::take(&mut slot.tickets), Err(error.clone()));
+                    slot.state = SlotState::Done;
+                }
+                if let Some(stamp) = accumulator.producer() {
+                    // Keep numbering: the batches still to come fail or land in order.
+                    accumulator.set_producer(stamp);
+                }
+                return;
+            }
         };
+        tracing::warn!(
+            topic = &*self.topic,
+            partition = self.partition,
+            producer_id = stamp.producer_id,
+            "a batch failed for good; renumbering the batches after it under a new producer id"
+        );
+        let restamp = |batch: &Bytes, records: usize, stamp: &mut Stamp| -> Result<Bytes> {
+            let mut bytes = bytes::BytesMut::from(&batch[..]);
+            let first = stamp.take(records);
+            restamp_producer(&mut bytes, stamp.producer_id, stamp.epoch, first).map_err(
+                |source| Error::Encode {
+                    topic: self.topic.to_string(),
+                    partition: self.partition,
+                    source,
+                },
+            )?;
+            Ok(bytes.freeze())
+        };
+        for slot in window.iter_mut().filter(|s| s.state != SlotState::Done) {
+            match restamp(&slot.batch, slot.tickets.len(), &mut stamp) {
+                Ok(batch) => {
+                    slot.batch = batch;
+                    slot.state = SlotState::Resend;
+                    slot.resends = 0;
+                }
+                Err(error) => {
+                    self.answer(std::mem::take(&mut slot.tickets), Err(error));
+                    slot.state = SlotState::Done;
+                }
+            }
+        }
+        for sealed in ready.iter_mut() {
+            if let Ok(batch) = &sealed.batch {
+                sealed.batch =
+                    restamp(batch, sealed.tickets.len(), &mut stamp).map_err(|e| match e {
+                        Error::Encode { source, .. } => source,
+                        _ => FormatError::Empty,
+                    });
+            }
+        }
+        accumulator.set_producer(stamp);
+    }
+
+    /// Answers each record of a batch.
+    fn answer(&self, tickets: Vec<Pending>, outcome: Result<ProduceResponse>) {
         match outcome {
             Ok(response) => {
                 for (index, pending) in (0u64..).zip(tickets) {
@@ -685,44 +913,116 @@ impl PartitionTask {
         }
     }
 
-    async fn send_batch(&self, batch: Bytes, records: usize) -> Result<ProduceResponse> {
+    /// Sends one batch after `delay`, retrying as the policy allows (a batch of an idempotent
+    /// producer is safe to retry after a timeout too: a duplicate is answered, not appended).
+    async fn send(
+        self: Arc<Self>,
+        id: u64,
+        batch: Bytes,
+        records: usize,
+        delay: Duration,
+    ) -> (u64, Sent) {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let idempotency = if self.identity.is_some() {
+            Idempotency::Idempotent
+        } else {
+            Idempotency::NonIdempotent
+        };
         let sent = produce(
             &self.log,
             &self.retry,
+            idempotency,
             self.request_timeout,
             &self.topic,
             self.partition,
             batch,
             Some(records),
         )
-        .await?;
-        Ok(sent.0)
+        .await;
+        let sent = match sent {
+            Ok((response, _attempts)) => Sent::Appended(response),
+            Err((error, true)) => Sent::OutOfOrder(error),
+            Err((error, false)) => Sent::Failed(error),
+        };
+        (id, sent)
     }
 }
 
+/// Asks the broker for an idempotent producer's id and epoch.
+async fn init_producer(
+    log: &LogClient<Channel>,
+    retry: &RetryPolicy,
+    timeout: Duration,
+    transactional_id: Option<&str>,
+) -> Result<Identity> {
+    let response = connection::with_retry(retry, Idempotency::NonIdempotent, timeout, || {
+        let request = InitProducerRequest {
+            transactional_id: transactional_id.map(str::to_owned),
+        };
+        let mut log = log.clone();
+        async move {
+            log.init_producer(connection::request(request, timeout))
+                .await
+        }
+    })
+    .await
+    .map_err(|f| {
+        Error::broker(
+            "init producer for",
+            transactional_id.unwrap_or("(no transactional id)"),
+            None,
+            &f.status,
+            f.attempts,
+        )
+    })?;
+    let epoch = i16::try_from(response.producer_epoch).map_err(|_| Error::UnexpectedResponse {
+        operation: "init producer",
+        topic: String::new(),
+        what: format!("epoch {}", response.producer_epoch),
+    })?;
+    Ok(Identity {
+        producer_id: response.producer_id,
+        epoch,
+    })
+}
+
 /// Sends one encoded batch with the retry policy; checks that the broker's offsets cover
-/// `records`, if given. Answers the response and the attempts it took.
+/// `records`, if given. Answers the response and the attempts it took, or the error and
+/// whether the broker refused the batch as out of sequence.
+#[allow(clippy::too_many_arguments)]
 async fn produce(
     log: &LogClient<Channel>,
     retry: &RetryPolicy,
+    idempotency: Idempotency,
     timeout: Duration,
     topic: &str,
     partition: u32,
     batch: Bytes,
     records: Option<usize>,
-) -> Result<(ProduceResponse, u32)> {
-    let (response, attempts) =
-        connection::with_retry_counted(retry, Idempotency::NonIdempotent, timeout, || {
-            let request = ProduceRequest {
-                topic: topic.to_owned(),
-                partition,
-                batch: batch.clone(),
-            };
-            let mut log = log.clone();
-            async move { log.produce(connection::request(request, timeout)).await }
-        })
-        .await
-        .map_err(|f| Error::broker("produce to", topic, Some(partition), &f.status, f.attempts))?;
+) -> std::result::Result<(ProduceResponse, u32), (Error, bool)> {
+    let (response, attempts) = connection::with_retry_counted(retry, idempotency, timeout, || {
+        let request = ProduceRequest {
+            topic: topic.to_owned(),
+            partition,
+            batch: batch.clone(),
+        };
+        let mut log = log.clone();
+        async move { log.produce(connection::request(request, timeout)).await }
+    })
+    .await
+    .map_err(|f| {
+        let out_of_order = f
+            .status
+            .metadata()
+            .get(ERROR_KIND)
+            .is_some_and(|kind| kind == "out-of-order-sequence");
+        (
+            Error::broker("produce to", topic, Some(partition), &f.status, f.attempts),
+            out_of_order,
+        )
+    })?;
     let answered = response
         .last_offset
         .checked_sub(response.base_offset)
@@ -730,14 +1030,17 @@ async fn produce(
     if let Some(records) = records
         && answered != Some(records as u64)
     {
-        return Err(Error::UnexpectedResponse {
-            operation: "produce to",
-            topic: format!("{topic}/{partition}"),
-            what: format!(
-                "offsets {}..={} for a batch of {records} records",
-                response.base_offset, response.last_offset
-            ),
-        });
+        return Err((
+            Error::UnexpectedResponse {
+                operation: "produce to",
+                topic: format!("{topic}/{partition}"),
+                what: format!(
+                    "offsets {}..={} for a batch of {records} records",
+                    response.base_offset, response.last_offset
+                ),
+            },
+            false,
+        ));
     }
     Ok((response, attempts))
 }

@@ -101,6 +101,7 @@ impl Fake {
             base_offset: base,
             last_offset: base + count - 1,
             append_time_ms: 1_700_000_000_000,
+            duplicate: false,
         }))
     }
 
@@ -153,6 +154,15 @@ impl Log for Fake {
         let answer = self.append(request);
         self.producing.fetch_sub(1, Ordering::SeqCst);
         answer
+    }
+
+    async fn init_producer(
+        &self,
+        _: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake broker has no idempotent producers",
+        ))
     }
 
     async fn fetch(
@@ -404,7 +414,11 @@ fn fast_retry() -> RetryPolicy {
         .max_attempts(5)
 }
 
+/// A producer of the plain (not idempotent) kind, one request in flight per partition: the
+/// fake broker keeps no producer state (the idempotent producer is tested against the real
+/// broker in `tests/tests/idempotence.rs`).
 async fn producer(address: SocketAddr, config: ProducerConfig) -> Producer {
+    let config = config.idempotence(false).max_in_flight(1);
     Producer::connect(config.broker(address.to_string()).retry(fast_retry()))
         .await
         .unwrap()

@@ -25,6 +25,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// milliseconds to wait before retrying (ASCII decimal). Clients honour it (with jitter).
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
+/// gRPC metadata key naming the kind of a failure a client acts on, where the code alone is
+/// ambiguous: `out-of-order-sequence` and `producer-fenced` (both `FAILED_PRECONDITION`) for
+/// an idempotent producer's batch.
+pub const ERROR_KIND: &str = "sluice-error";
+
 /// Limits on names and values that the broker enforces and clients check before sending, so
 /// both count the same way (bytes of UTF-8, not characters).
 pub mod limits {

@@ -85,6 +85,21 @@ pub struct Config {
     /// its oldest message is done, so queue memory stays bounded under any backlog (about 64
     /// bytes a message, plus its last error). Default 2000; 1 ..= 1000000.
     pub queue_max_inflight_per_partition: u32,
+    /// An idempotent producer not heard from for this long is forgotten by each partition
+    /// (its next batch is then accepted at whatever sequence it has), ms. Default 604800000
+    /// (7 days); 1000 ..= 2592000000.
+    pub producer_idle_ms: u64,
+    /// Most idempotent producers a partition keeps state for (about 300 bytes each); past it
+    /// the longest idle is forgotten. Default 10000; 1 ..= 1000000.
+    pub max_producers_per_partition: usize,
+    /// How long a batch of an idempotent producer that is ahead of the sequence its partition
+    /// expects waits for the batches before it (pipelined requests can overtake each other)
+    /// before it is refused as out of order, ms. Default 2000; 0 ..= 60000.
+    pub producer_reorder_wait_ms: u64,
+    /// Segment size of the internal `__producer_ids` topic when it is created (compacted: it
+    /// holds the next producer id and one record per transactional id). Default 1 MiB;
+    /// 4 KiB ..= 1 GiB.
+    pub producer_ids_segment_bytes: u64,
 }
 
 impl Default for Config {
@@ -114,6 +129,10 @@ impl Default for Config {
             compaction_max_map_entries: 1_000_000,
             compaction_min_dirty_percent: 50,
             queue_max_inflight_per_partition: 2000,
+            producer_idle_ms: 7 * 24 * 3_600_000,
+            max_producers_per_partition: 10_000,
+            producer_reorder_wait_ms: 2000,
+            producer_ids_segment_bytes: 1 << 20,
         }
     }
 }
@@ -287,6 +306,34 @@ impl Config {
             0,
             100,
             "must be within 0..=100",
+        )?;
+        check(
+            "producer_idle_ms",
+            self.producer_idle_ms,
+            1000,
+            30 * 24 * 3_600_000,
+            "must be within 1000..=2592000000",
+        )?;
+        check(
+            "max_producers_per_partition",
+            self.max_producers_per_partition,
+            1,
+            1_000_000,
+            "must be within 1..=1000000",
+        )?;
+        check(
+            "producer_reorder_wait_ms",
+            self.producer_reorder_wait_ms,
+            0,
+            60_000,
+            "must be within 0..=60000",
+        )?;
+        check(
+            "producer_ids_segment_bytes",
+            self.producer_ids_segment_bytes,
+            4096,
+            1 << 30,
+            "must be within 4 KiB..=1 GiB",
         )?;
         Ok(())
     }

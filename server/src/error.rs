@@ -103,6 +103,40 @@ pub enum Error {
         /// How many keys were affected.
         keys: usize,
     },
+    /// A batch of an idempotent producer whose base sequence is not the next one.
+    #[error(
+        "out of order sequence for producer {producer_id} (epoch {epoch}) on {partition}: expected base_sequence {expected}, received {received}"
+    )]
+    OutOfOrderSequence {
+        /// `topic/partition`.
+        partition: String,
+        /// The producer.
+        producer_id: i64,
+        /// Its epoch.
+        epoch: i16,
+        /// The sequence the partition expects.
+        expected: i32,
+        /// The batch's base sequence.
+        received: i32,
+    },
+    /// A batch of an idempotent producer whose epoch is older than one seen since.
+    #[error(
+        "producer {producer_id} with epoch {epoch} is fenced on {partition}: a newer instance has epoch {current}"
+    )]
+    ProducerFenced {
+        /// `topic/partition`.
+        partition: String,
+        /// The producer.
+        producer_id: i64,
+        /// The batch's epoch.
+        epoch: i16,
+        /// The newest epoch seen.
+        current: i16,
+    },
+    /// A retry of a batch already appended (the write path answers it with the original's
+    /// offsets; never sent to a client as an error).
+    #[error("duplicate of the batch at offsets {}..={}", .0.base_offset, .0.last_offset)]
+    DuplicateBatch(crate::producers::state::BatchMeta),
     /// The storage engine refused or failed.
     #[error(transparent)]
     Storage(#[from] sluice_storage::Error),

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod inflight;
 pub mod oversize;
 pub mod partition;
+pub mod producers;
 pub mod queue;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -48,6 +49,8 @@ pub struct Broker {
     pub groups: groups::Groups,
     /// Queue groups: leases, acks, retries, dead letters.
     pub queues: queue::Queues,
+    /// Issues idempotent producers' ids.
+    pub producer_ids: producers::ProducerIds,
     /// The configuration.
     pub config: Config,
     /// The broker's clock.
@@ -105,7 +108,18 @@ pub async fn run(
                 config.max_inflight_bytes_per_partition,
                 config.retry_after_ms,
             ));
-            let topics = topics::Topics::open(store, limiter)?;
+            let sequencing = Arc::new(producers::Sequencing::new(
+                i64::try_from(config.producer_idle_ms).unwrap_or(i64::MAX),
+                config.max_producers_per_partition,
+                Duration::from_millis(config.producer_reorder_wait_ms),
+                clock.clone(),
+            ));
+            let topics = topics::Topics::open(store, limiter, Arc::clone(&sequencing))?;
+            let producer_ids = producers::ProducerIds::open(
+                &topics,
+                config.producer_ids_segment_bytes,
+                sequencing,
+            )?;
             let groups = groups::Groups::open(
                 &topics,
                 config.offsets_segment_bytes,
@@ -123,6 +137,7 @@ pub async fn run(
                 topics,
                 groups,
                 queues,
+                producer_ids,
                 config,
                 clock,
                 shutdown: stop,
@@ -261,7 +276,8 @@ pub async fn run(
     closed
 }
 
-/// Runs retention over every partition on the configured interval until shutdown.
+/// Runs retention over every partition on the configured interval until shutdown, and with
+/// it the idempotent producers' expiry and snapshots.
 async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(broker.config.retention_check_interval_ms);
     loop {
@@ -272,6 +288,7 @@ async fn run_retention(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         let retention = Arc::clone(&broker);
         if let Err(error) = error::blocking(move || {
             retention.topics.enforce_retention();
+            retention.topics.maintain_producers();
             Ok(())
         })
         .await

@@ -9,6 +9,8 @@
 //!    bounds (partition, connection, broker) or it is refused at once with a retry hint;
 //! 2. on the blocking pool: validation and the caller's pre-append check, under the log's
 //!    writer lock with the offset the batch will get ([`Log::append_with`]), then one write;
+//!    for a producer's batch that check is the idempotent producer's sequence check
+//!    ([`Partition::produce`]);
 //! 3. the durability wait: under `fsync = always` the answer waits for the group commit that
 //!    covers the batch (so an acknowledged batch is on disk);
 //! 4. the counters.
@@ -18,15 +20,19 @@
 
 use crate::error::{Error, Result, blocking};
 use crate::inflight::Limiter;
+use crate::producers::Sequencing;
+use crate::producers::state::{Incoming, ProducerStates, Refusal, Verdict};
 use crate::topics::Cleanup;
 use bytes::{Bytes, BytesMut};
-use sluice_storage::format::{ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchView, FormatError};
+use sluice_storage::format::{
+    ATTR_CONTROL, ATTR_TRANSACTIONAL, BatchView, FormatError, HEADER_LEN, layout,
+};
 use sluice_storage::replay::{Replayed, StateMachine};
 use sluice_storage::{AppendInfo, CompactionLimits, CompactionReport, Durability, Log, ReadResult};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{Semaphore, watch};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, OnceCell, Semaphore, watch};
 
 /// Where an append comes from, which decides the limits it meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +51,16 @@ pub enum Origin {
 /// What an acknowledged append answers: where the batch landed, and when.
 pub type Ack = AppendInfo;
 
+/// What a producer's append answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// Where the batch is.
+    pub ack: Ack,
+    /// The batch was a retry of one already appended: `ack` is the original's, and nothing
+    /// was appended again.
+    pub duplicate: bool,
+}
+
 /// Counters of one partition's write path, for metrics (atomics, once per batch).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -60,6 +76,28 @@ pub struct Counters {
     pub refused_busy: AtomicU64,
     /// Appends that failed validation or their pre-append check.
     pub rejected: AtomicU64,
+    /// Retries of an idempotent producer's batch answered from its state, not appended again.
+    pub duplicates: AtomicU64,
+}
+
+/// The idempotent producers of a partition: loaded from the log's tail on the first batch of
+/// one (so partitions without them cost nothing at start), checked under the writer lock.
+#[derive(Debug)]
+struct Producers {
+    loaded: OnceCell<()>,
+    state: Mutex<ProducerStates>,
+    /// Signalled after each idempotent batch's append finishes (appended or not): batches
+    /// waiting for their predecessors look again.
+    sequenced: Notify,
+    /// The state changed since the last snapshot.
+    dirty: AtomicBool,
+}
+
+impl Producers {
+    fn state(&self) -> MutexGuard<'_, ProducerStates> {
+        // Every change is one call on the state under the lock; nothing panics inside.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A partition: its log and what guards it.
@@ -79,6 +117,8 @@ pub struct Partition {
     inflight: Arc<Semaphore>,
     limiter: Arc<Limiter>,
     counters: Counters,
+    sequencing: Arc<Sequencing>,
+    producers: Arc<Producers>,
 }
 
 impl Partition {
@@ -90,6 +130,7 @@ impl Partition {
         log: Arc<Log>,
         limiter: Arc<Limiter>,
         inflight_bytes: u32,
+        sequencing: Arc<Sequencing>,
     ) -> Self {
         let (sender, high_watermark) = watch::channel(log.high_watermark());
         log.on_high_watermark(Box::new(move |hw| {
@@ -106,6 +147,13 @@ impl Partition {
             inflight: Arc::new(Semaphore::new(inflight_bytes as usize)),
             limiter,
             counters: Counters::default(),
+            producers: Arc::new(Producers {
+                loaded: OnceCell::new(),
+                state: Mutex::new(ProducerStates::new(sequencing.max_per_partition, 0)),
+                sequenced: Notify::new(),
+                dirty: AtomicBool::new(false),
+            }),
+            sequencing,
         }
     }
 
@@ -122,6 +170,162 @@ impl Partition {
     /// `topic/id`, for messages and logs.
     pub fn name(&self) -> String {
         format!("{}/{}", self.topic, self.id)
+    }
+
+    /// A client's Produce: [`append`](Self::append) with `Origin::Producer`, plus, for a batch
+    /// of an idempotent producer (`producer_id` ≥ 0), the sequence check under the writer
+    /// lock: the next sequence appends; a retry of one of the producer's last batches is
+    /// answered with that batch's offsets (once they are acknowledged) and appends nothing; a
+    /// gap is `OutOfOrderSequence`; an older epoch is `ProducerFenced`. A batch ahead of the
+    /// expected sequence first waits (at most `reorder_wait`) for the ones before it, which
+    /// pipelined requests may overtake on their way.
+    pub async fn produce(&self, batch: Bytes, peer: Option<SocketAddr>) -> Result<Produced> {
+        let origin = Origin::Producer { peer };
+        let Some(incoming) = peek_producer(&batch) else {
+            let ack = self.append(batch, origin).await?;
+            return Ok(Produced {
+                ack,
+                duplicate: false,
+            });
+        };
+        if incoming.producer_id < 0
+            || incoming.producer_id >= self.sequencing.issued.load(Ordering::Acquire)
+        {
+            return Err(Error::invalid(
+                "producer_id",
+                incoming.producer_id,
+                "was not issued by this broker: call InitProducer, or send -1 for a producer that is not idempotent",
+            ));
+        }
+        self.load_producers().await?;
+        self.wait_for_predecessors(&incoming).await;
+        let producers = Arc::clone(&self.producers);
+        let clock = self.sequencing.clock.clone();
+        let name = self.name();
+        let appended = self
+            .append_checked(batch, origin, move |view, base_offset| {
+                // The same bytes `peek_producer` read, now validated.
+                let incoming = Incoming::of(view).ok_or_else(|| {
+                    Error::invalid("producer_id", view.producer_id(), "changed under the check")
+                })?;
+                let mut state = producers.state();
+                match state.check(&incoming) {
+                    Ok(Verdict::Append) => {
+                        state.record(&incoming, base_offset, clock.now_ms());
+                        producers.dirty.store(true, Ordering::Release);
+                        Ok(())
+                    }
+                    Ok(Verdict::Duplicate(meta)) => Err(Error::DuplicateBatch(meta)),
+                    Err(refusal) => Err(refusal_error(&name, &incoming, refusal)),
+                }
+            })
+            .await;
+        self.producers.sequenced.notify_waiters();
+        match appended {
+            Ok((ack, ())) => Ok(Produced {
+                ack,
+                duplicate: false,
+            }),
+            Err(Error::DuplicateBatch(meta)) => {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                // The original may not be durable yet: answer once it is acknowledged.
+                self.wait_past(meta.last_offset).await?;
+                Ok(Produced {
+                    ack: Ack {
+                        base_offset: meta.base_offset,
+                        last_offset: meta.last_offset,
+                        append_time_ms: meta.append_time_ms,
+                    },
+                    duplicate: true,
+                })
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Loads the producer state from the log's tail, once (blocking work on the pool): the
+    /// newest producer snapshot, else the last two segments.
+    async fn load_producers(&self) -> Result<()> {
+        let load = || async {
+            let log = Arc::clone(&self.log);
+            let producers = Arc::clone(&self.producers);
+            let sequencing = Arc::clone(&self.sequencing);
+            let name = self.name();
+            blocking(move || {
+                let mut state =
+                    ProducerStates::new(sequencing.max_per_partition, sequencing.clock.now_ms());
+                let bases = log.segment_bases();
+                let floor = bases.len().checked_sub(2).map_or(0, |i| bases[i]);
+                let replayed = sluice_storage::replay::replay_tail(&log, &mut state, floor)?;
+                state.forget_before(log.earliest_offset());
+                tracing::debug!(
+                    partition = %name,
+                    producers = state.len(),
+                    snapshot = ?replayed.snapshot,
+                    batches = replayed.batches,
+                    "loaded producer state"
+                );
+                *producers.state() = state;
+                Ok(())
+            })
+            .await
+        };
+        self.producers.loaded.get_or_try_init(load).await?;
+        Ok(())
+    }
+
+    /// Waits while `incoming` is ahead of what its producer's state expects, at most
+    /// `reorder_wait`: the batches before it may be in flight behind it.
+    async fn wait_for_predecessors(&self, incoming: &Incoming) {
+        let deadline = tokio::time::Instant::now() + self.sequencing.reorder_wait;
+        loop {
+            let notified = self.producers.sequenced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.producers.state().is_ahead(incoming) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Forgets producers idle past the configured time and snapshots the producer state if it
+    /// changed (blocking; the broker's maintenance pass calls it).
+    pub fn maintain_producers(&self) -> Result<()> {
+        if !self.producers.loaded.initialized() {
+            return Ok(());
+        }
+        let now = self.sequencing.clock.now_ms();
+        if self.producers.state().expire(now, self.sequencing.idle_ms) > 0 {
+            self.producers.dirty.store(true, Ordering::Release);
+        }
+        self.snapshot_producers()
+    }
+
+    /// Idempotent producers this partition keeps state for (0 until one wrote).
+    pub fn producer_count(&self) -> usize {
+        self.producers.state().len()
+    }
+
+    /// Writes the producer state as a snapshot at the log's end, if it changed (blocking):
+    /// the end is read before the state, so the state holds every batch below it, and the
+    /// snapshot leaves out batches at or past it (they may not survive a crash).
+    fn snapshot_producers(&self) -> Result<()> {
+        if !self.producers.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let end = self.log.log_end_offset();
+        let bytes = self.producers.state().encode_below(end);
+        let written = self
+            .log
+            .flush()
+            .and_then(|_| sluice_storage::replay::write_snapshot(&self.log, end, &bytes));
+        if written.is_err() {
+            self.producers.dirty.store(true, Ordering::Release);
+        }
+        Ok(written?)
     }
 
     /// Appends `batch` (the wire format, `base_offset` 0) and answers once it is acknowledged
@@ -232,6 +436,8 @@ impl Partition {
                         | Error::InvalidArgument { .. }
                         | Error::KeylessRecord { .. }
                         | Error::Conflict { .. }
+                        | Error::OutOfOrderSequence { .. }
+                        | Error::ProducerFenced { .. }
                 ) {
                     self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 }
@@ -337,8 +543,12 @@ impl Partition {
         self.cleanup
     }
 
-    /// Closes the log cleanly (blocking): synced, clean-shutdown marker written.
+    /// Closes the log cleanly (blocking): producer state snapshotted, synced, clean-shutdown
+    /// marker written.
     pub fn close(&self) -> Result<()> {
+        if let Err(error) = self.snapshot_producers() {
+            tracing::warn!(partition = %self.name(), %error, "producer state snapshot failed");
+        }
         Ok(self.log.close()?)
     }
 
@@ -385,6 +595,48 @@ impl Partition {
     /// The write path's counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+}
+
+/// The producer fields of a batch's header, if it is long enough to have one and names an
+/// idempotent producer (`producer_id` ≠ −1). Read before validation to route the batch; the
+/// check reads them again from the validated view.
+fn peek_producer(batch: &[u8]) -> Option<Incoming> {
+    let header = batch.get(..HEADER_LEN)?;
+    let field = |range: std::ops::Range<usize>| header.get(range);
+    let producer_id = i64::from_le_bytes(field(layout::PRODUCER_ID)?.try_into().ok()?);
+    if producer_id == -1 {
+        return None;
+    }
+    Some(Incoming {
+        producer_id,
+        epoch: i16::from_le_bytes(field(layout::PRODUCER_EPOCH)?.try_into().ok()?),
+        base_sequence: i32::from_le_bytes(field(layout::BASE_SEQUENCE)?.try_into().ok()?),
+        record_count: u32::from_le_bytes(field(layout::RECORD_COUNT)?.try_into().ok()?),
+    })
+}
+
+/// The error a refused idempotent batch gets.
+fn refusal_error(partition: &str, incoming: &Incoming, refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::Fenced { current } => Error::ProducerFenced {
+            partition: partition.to_owned(),
+            producer_id: incoming.producer_id,
+            epoch: incoming.epoch,
+            current,
+        },
+        Refusal::OutOfOrder { expected } => Error::OutOfOrderSequence {
+            partition: partition.to_owned(),
+            producer_id: incoming.producer_id,
+            epoch: incoming.epoch,
+            expected,
+            received: incoming.base_sequence,
+        },
+        Refusal::Invalid => Error::invalid(
+            "producer epoch or base_sequence",
+            format!("{}/{}", incoming.epoch, incoming.base_sequence),
+            "must not be negative for an idempotent producer",
+        ),
     }
 }
 

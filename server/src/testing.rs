@@ -472,3 +472,144 @@ impl ChildBroker {
         }
     }
 }
+
+/// A TCP proxy on loopback in front of a broker that cuts connections on demand: to lose a
+/// response after its request reached the broker, or to cut every connection at random
+/// moments. Connections are cut by closing both sides, as a network failure would.
+pub struct CutProxy {
+    /// The address clients connect to.
+    pub addr: SocketAddr,
+    shared: std::sync::Arc<ProxyShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyShared {
+    target: std::sync::Mutex<SocketAddr>,
+    /// Responses still to cut: a server-to-client chunk of at least [`RESPONSE_BYTES`] (HTTP/2
+    /// control frames are smaller) closes its connection instead of passing.
+    cut_responses: std::sync::atomic::AtomicUsize,
+    /// Responses cut so far.
+    cut: std::sync::atomic::AtomicUsize,
+    /// Accept and close new connections at once.
+    refusing: std::sync::atomic::AtomicBool,
+    /// Bumped to cut every open connection.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+/// Smallest server-to-client chunk taken for a response (a unary answer's HEADERS, DATA and
+/// trailers); SETTINGS, PING and WINDOW_UPDATE frames are at most 17 bytes.
+const RESPONSE_BYTES: usize = 40;
+
+impl CutProxy {
+    /// Starts a proxy to `target` on an ephemeral loopback port.
+    pub async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = std::sync::Arc::new(ProxyShared {
+            target: std::sync::Mutex::new(target),
+            cut_responses: AtomicUsize::new(0),
+            cut: AtomicUsize::new(0),
+            refusing: AtomicBool::new(false),
+            generation: tokio::sync::watch::Sender::new(0),
+        });
+        let task = tokio::spawn({
+            let shared = std::sync::Arc::clone(&shared);
+            async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if shared.refusing.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    tokio::spawn(proxy_connection(std::sync::Arc::clone(&shared), client));
+                }
+            }
+        });
+        Self { addr, shared, task }
+    }
+
+    /// Cuts the connections that carry the next `n` responses, instead of passing them.
+    pub fn cut_next_responses(&self, n: usize) {
+        self.shared.cut_responses.store(n, Ordering::SeqCst);
+    }
+
+    /// Responses cut so far.
+    pub fn responses_cut(&self) -> usize {
+        self.shared.cut.load(Ordering::SeqCst)
+    }
+
+    /// Cuts every open connection now.
+    pub fn cut_all(&self) {
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// While set, new connections are accepted and closed at once (the broker looks down).
+    pub fn set_refusing(&self, refusing: bool) {
+        self.shared.refusing.store(refusing, Ordering::SeqCst);
+    }
+
+    /// Points new connections at `target` (a broker restarted on another port).
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.shared.target.lock().unwrap() = target;
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut_all();
+    }
+}
+
+async fn proxy_connection(shared: std::sync::Arc<ProxyShared>, client: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = *shared.target.lock().unwrap();
+    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let mut generation = shared.generation.subscribe();
+    generation.mark_unchanged();
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = client_read.read(&mut buf).await.unwrap_or(0);
+            if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = server_read.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            if n >= RESPONSE_BYTES
+                && shared
+                    .cut_responses
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                shared.cut.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Whichever side ends (or a cut) drops both halves of both sockets: the connection is cut.
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+        _ = generation.changed() => {}
+    }
+}

@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::inflight::Limiter;
 use crate::partition::Partition;
+use crate::producers::Sequencing;
 use crate::queue::RetryPolicy;
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{MAX_PARTITIONS, topic_name_problem};
@@ -307,6 +308,8 @@ pub struct Topics {
     partition_inflight_bytes: u32,
     /// The broker-wide and per-connection in-flight bounds every partition shares.
     limiter: Arc<Limiter>,
+    /// What every partition's idempotent-producer check shares.
+    sequencing: Arc<Sequencing>,
     /// How many topics are compacted, so the compactor sleeps (with no timer armed) while
     /// none is.
     compacted: watch::Sender<usize>,
@@ -325,7 +328,7 @@ impl Topics {
     /// Opens every topic found under the data directory (blocking: run it off the runtime),
     /// recovering their partitions in parallel on a bounded pool of threads and logging
     /// progress. Leftovers of topic creations that did not finish are removed.
-    pub fn open(store: Store, limiter: Arc<Limiter>) -> Result<Self> {
+    pub fn open(store: Store, limiter: Arc<Limiter>, sequencing: Arc<Sequencing>) -> Result<Self> {
         let topics = Self {
             root: store.root().to_path_buf(),
             store: RwLock::new(Some(store)),
@@ -333,6 +336,7 @@ impl Topics {
             creating: Mutex::new(HashSet::new()),
             partition_inflight_bytes: limiter.partition_limit(),
             limiter,
+            sequencing,
             compacted: watch::Sender::new(0),
         };
         let root = topics.root.join(TOPICS_DIR);
@@ -455,6 +459,7 @@ impl Topics {
                     log,
                     Arc::clone(&self.limiter),
                     self.partition_inflight_bytes,
+                    Arc::clone(&self.sequencing),
                 )));
             }
             tracing::info!(topic = %meta.name, partitions = meta.partitions, "opened topic");
@@ -767,6 +772,18 @@ impl Topics {
         }
     }
 
+    /// Expires idle producers and snapshots changed producer state on every partition
+    /// (blocking).
+    pub fn maintain_producers(&self) {
+        for topic in self.list() {
+            for partition in &topic.partitions {
+                if let Err(error) = partition.maintain_producers() {
+                    tracing::warn!(partition = %partition.name(), %error, "producer state snapshot failed");
+                }
+            }
+        }
+    }
+
     /// Closes every partition cleanly (blocking): synced, files cut to length, clean-shutdown
     /// markers written. The registry empties and the store is dropped, which unlocks the data
     /// directory for the next broker even if a connection task still holds this registry.
@@ -977,6 +994,12 @@ mod tests {
                 Topics::open(
                     store,
                     Arc::new(Limiter::new(64 << 20, 64 << 20, 64 << 20, 50)),
+                    Arc::new(Sequencing::new(
+                        60_000,
+                        100,
+                        std::time::Duration::from_millis(100),
+                        crate::clock::Clock::default(),
+                    )),
                 )
             });
         let topics = opened.unwrap_or_else(|e| panic!("{e}"));

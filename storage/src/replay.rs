@@ -111,6 +111,49 @@ pub fn replay<M: StateMachine>(log: &Log, machine: &mut M) -> Result<Replayed, M
         replayed.snapshot = Some(offset);
         from = offset;
     }
+    apply_from(log, machine, from, high_watermark, &mut replayed)?;
+    Ok(replayed)
+}
+
+/// [`replay`] for state that only caches what the log's tail says (an idempotent producer's
+/// last sequences): a missing, damaged or stale snapshot is not an error. A snapshot at or
+/// above the earliest offset is used as `replay` uses it; otherwise the newest one that decodes
+/// (if any) is restored anyway and the batches from `max(earliest, floor)` are applied, so the
+/// replay reads a bounded tail. The machine should then forget what its records say about
+/// offsets below the earliest (`Replayed::snapshot` tells whether it got one).
+pub fn replay_tail<M: StateMachine>(
+    log: &Log,
+    machine: &mut M,
+    floor: u64,
+) -> Result<Replayed, M::Error> {
+    let high_watermark = log.high_watermark();
+    let earliest = log.earliest_offset();
+    let mut replayed = Replayed::default();
+    let (usable, _) = newest_snapshot(log.dir(), high_watermark)?;
+    let from = match usable {
+        Some((offset, state)) => {
+            machine.restore(&state)?;
+            replayed.snapshot = Some(offset);
+            if offset >= earliest {
+                offset
+            } else {
+                earliest.max(floor)
+            }
+        }
+        None => earliest.max(floor),
+    };
+    apply_from(log, machine, from, high_watermark, &mut replayed)?;
+    Ok(replayed)
+}
+
+/// Hands `machine` every batch from `from` to `high_watermark`.
+fn apply_from<M: StateMachine>(
+    log: &Log,
+    machine: &mut M,
+    from: u64,
+    high_watermark: u64,
+    replayed: &mut Replayed,
+) -> Result<(), M::Error> {
     replayed.next_offset = from;
     let mut offset = from;
     while offset < high_watermark {
@@ -140,7 +183,7 @@ pub fn replay<M: StateMachine>(log: &Log, machine: &mut M) -> Result<Replayed, M
             replayed.next_offset = offset;
         }
     }
-    Ok(replayed)
+    Ok(())
 }
 
 /// Writes `state` as `log`'s snapshot covering every offset below `next_offset`, durably, and

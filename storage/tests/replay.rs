@@ -217,6 +217,66 @@ fn a_snapshot_older_than_the_earliest_offset_is_an_error_naming_both() {
     store.close().unwrap();
 }
 
+#[test]
+fn a_tail_replay_restores_a_stale_snapshot_and_reads_only_from_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sluice_storage::LogConfig {
+        segment_bytes: 4096,
+        max_batch_bytes: 4096,
+        ..small_config(Durability::Always)
+    };
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let log = store.open_log("p", config).unwrap();
+    let mut model = Latest::default();
+    append(&log, &mut model, 1, 1);
+    log.flush().unwrap();
+    replay::write_snapshot(&log, 1, &model.encode()).unwrap();
+    for _ in 0..400 {
+        append(&log, &mut model, 2, 3);
+    }
+    log.flush().unwrap();
+    assert!(log.delete_before(log.high_watermark() / 2).unwrap() > 0);
+    let earliest = log.earliest_offset();
+    let bases = log.segment_bases();
+    let floor = bases[bases.len() - 2];
+    assert!(floor > earliest);
+
+    // The stale snapshot is restored, and only batches from the floor are applied.
+    let mut machine = Latest::default();
+    let replayed = replay::replay_tail(&log, &mut machine, floor).unwrap();
+    assert!(machine.restored);
+    assert_eq!(replayed.snapshot, Some(1));
+    assert_eq!(replayed.next_offset, log.high_watermark());
+    let records_from_floor = log.high_watermark() - floor;
+    assert_eq!(machine.records, 1 + records_from_floor);
+    assert_eq!(replayed.records, records_from_floor);
+
+    // Without any snapshot it starts at the floor too.
+    for entry in std::fs::read_dir(log.dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "snapshot") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let mut machine = Latest::default();
+    let replayed = replay::replay_tail(&log, &mut machine, floor).unwrap();
+    assert!(!machine.restored);
+    assert_eq!(replayed.snapshot, None);
+    assert_eq!(machine.records, records_from_floor);
+
+    // A fresh snapshot above the earliest offset is used as replay uses it.
+    let end = log.high_watermark();
+    replay::write_snapshot(&log, end, &model.encode()).unwrap();
+    append(&log, &mut model, 3, 2);
+    log.flush().unwrap();
+    let mut machine = Latest::default();
+    let replayed = replay::replay_tail(&log, &mut machine, floor).unwrap();
+    assert_eq!(replayed.snapshot, Some(end));
+    assert_eq!(replayed.records, 2);
+    assert_eq!(state(&machine), state(&model));
+    store.close().unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 

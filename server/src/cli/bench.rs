@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// Produce requests in flight per producer.
     #[arg(long, default_value_t = 4)]
     inflight: usize,
+    /// Send as an idempotent producer: each batch carries the producer id, epoch and its
+    /// partition's next sequence, so the broker runs the sequence check (and requests in
+    /// flight to one partition may overtake each other and wait for their predecessors).
+    #[arg(long)]
+    idempotent: bool,
     /// Records to produce in all (unless --duration is given).
     #[arg(long, default_value_t = 1_000_000)]
     count: u64,
@@ -82,8 +87,17 @@ struct Stats {
     e2e_us: Mutex<Histogram<u64>>,
 }
 
-fn build_batch(records: usize, record_size: usize) -> anyhow::Result<Bytes> {
+/// A batch of `records` values of `record_size` bytes starting with the send time, stamped
+/// with an idempotent producer's id, epoch and base sequence if given.
+fn build_batch(
+    records: usize,
+    record_size: usize,
+    producer: Option<(i64, i16, i32)>,
+) -> anyhow::Result<Bytes> {
     let mut builder = BatchBuilder::with_capacity(records * (record_size + 16) + 128);
+    if let Some((id, epoch, sequence)) = producer {
+        builder = builder.producer(id, epoch, sequence);
+    }
     let stamp = now_ns().to_le_bytes();
     let mut value = vec![b'x'; record_size.max(8)];
     value[..8].copy_from_slice(&stamp);
@@ -207,9 +221,11 @@ pub async fn run(args: BenchArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
         let producer = Producer::connect(
             ProducerConfig::new()
                 .connection(broker.connection())
-                .retry(RetryPolicy::new().max_attempts(BENCH_ATTEMPTS)),
+                .retry(RetryPolicy::new().max_attempts(BENCH_ATTEMPTS))
+                .idempotence(args.idempotent),
         )
         .await?;
+        let identity = producer.identity();
         let topic = args.topic.clone();
         let stats = Arc::clone(&stats);
         let records_to_send = Arc::clone(&records_to_send);
@@ -218,6 +234,7 @@ pub async fn run(args: BenchArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
         producer_tasks.push(tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(inflight));
             let mut next = p as usize;
+            let mut sequences = vec![0i32; partitions.len()];
             let mut requests = tokio::task::JoinSet::new();
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -233,9 +250,16 @@ pub async fn run(args: BenchArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
                     Err(_) => break,
                 };
                 let permit = Arc::clone(&slots).acquire_owned().await?;
-                let batch = build_batch(records, record_size)?;
-                let partition = partitions[next % partitions.len()];
+                let slot = next % partitions.len();
+                let partition = partitions[slot];
                 next += 1;
+                let stamp = identity.map(|(id, epoch)| {
+                    let sequence = sequences[slot];
+                    sequences[slot] =
+                        ((i64::from(sequence) + records as i64) % (i64::from(i32::MAX) + 1)) as i32;
+                    (id, epoch, sequence)
+                });
+                let batch = build_batch(records, record_size, stamp)?;
                 let producer = producer.clone();
                 let topic = topic.clone();
                 let stats = Arc::clone(&stats);

@@ -117,7 +117,11 @@ pub struct Groups {
 /// answer, compacted by key so it holds about one record per live key), created with
 /// `segment_bytes` segments if missing (blocking). One made before internal topics were
 /// compacted is switched to compaction.
-fn internal_topic(topics: &Topics, name: &str, segment_bytes: u64) -> Result<Arc<Topic>> {
+pub(crate) fn internal_topic(
+    topics: &Topics,
+    name: &str,
+    segment_bytes: u64,
+) -> Result<Arc<Topic>> {
     let topic = match topics.get(name) {
         Ok(topic) => topic,
         Err(_) => {

@@ -1,13 +1,13 @@
 //! `sluice.v1.Log`: produce, fetch (long poll), subscribe (server stream), list offsets.
 //!
 //! Translation only: Produce hands the batch to the partition's write path
-//! (`Partition::append`, which owns limits, durability and counters); Fetch and Subscribe read
+//! (`Partition::produce`, which owns limits, durability and counters); Fetch and Subscribe read
 //! through the partition and wait on its high-watermark watch, never by polling, and stop when
 //! the broker shuts down.
 
 use crate::Broker;
 use crate::error::Error;
-use crate::partition::{Origin, Partition};
+use crate::partition::Partition;
 use sluice_proto::v1 as pb;
 use sluice_storage::format::Batches;
 use std::pin::Pin;
@@ -87,13 +87,29 @@ impl pb::log_server::Log for LogService {
         );
         let request = request.into_inner();
         let partition = self.partition(&request.topic, request.partition)?;
-        let appended = partition
-            .append(request.batch, Origin::Producer { peer })
-            .await?;
+        let produced = partition.produce(request.batch, peer).await?;
         Ok(Response::new(pb::ProduceResponse {
-            base_offset: appended.base_offset,
-            last_offset: appended.last_offset,
-            append_time_ms: appended.append_time_ms,
+            base_offset: produced.ack.base_offset,
+            last_offset: produced.ack.last_offset,
+            append_time_ms: produced.ack.append_time_ms,
+            duplicate: produced.duplicate,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn init_producer(
+        &self,
+        request: Request<pb::InitProducerRequest>,
+    ) -> Result<Response<pb::InitProducerResponse>, Status> {
+        let request = request.into_inner();
+        let identity = self
+            .broker
+            .producer_ids
+            .init(request.transactional_id.as_deref())
+            .await?;
+        Ok(Response::new(pb::InitProducerResponse {
+            producer_id: identity.producer_id,
+            producer_epoch: i32::from(identity.epoch),
         }))
     }
 

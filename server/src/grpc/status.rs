@@ -2,7 +2,7 @@
 //! names the problem and the value that caused it.
 
 use crate::error::Error;
-use sluice_proto::RETRY_AFTER_MS;
+use sluice_proto::{ERROR_KIND, RETRY_AFTER_MS};
 use sluice_storage::Error as StorageError;
 use tonic::{Code, Status};
 
@@ -16,6 +16,13 @@ impl From<Error> for Status {
             | Error::UnknownMember { .. }
             | Error::UnknownGroup { .. } => Code::NotFound,
             Error::Fenced { .. } => Code::FailedPrecondition,
+            Error::OutOfOrderSequence { .. } => {
+                return with_kind(Code::FailedPrecondition, message, "out-of-order-sequence");
+            }
+            Error::ProducerFenced { .. } => {
+                return with_kind(Code::FailedPrecondition, message, "producer-fenced");
+            }
+            Error::DuplicateBatch(_) => Code::AlreadyExists,
             Error::TopicExists { .. } => Code::AlreadyExists,
             Error::InvalidArgument { .. } | Error::KeylessRecord { .. } => Code::InvalidArgument,
             Error::Conflict { .. } => Code::Aborted,
@@ -28,6 +35,16 @@ impl From<Error> for Status {
         }
         Status::new(code, message)
     }
+}
+
+/// A status whose metadata names the kind of failure, for clients that act on it.
+fn with_kind(code: Code, message: String, kind: &'static str) -> Status {
+    let mut status = Status::new(code, message);
+    status.metadata_mut().insert(
+        ERROR_KIND,
+        tonic::metadata::MetadataValue::from_static(kind),
+    );
+    status
 }
 
 /// `RESOURCE_EXHAUSTED` with `message` and the `retry-after-ms` hint: the one shape of every

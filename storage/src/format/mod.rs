@@ -122,6 +122,33 @@ pub const ATTR_CONTROL: u16 = 1 << 5;
 /// Bits a batch may set today; anything else is rejected so that later versions can use them.
 pub const ATTR_KNOWN: u16 = ATTR_CONTROL;
 
+/// Rewrites the producer fields of an encoded batch (id, epoch, base sequence) and its CRC, so
+/// an idempotent producer can renumber a batch it built but could not send under its old
+/// sequence. Checks only what it needs: the header is there and `batch_len` covers the buffer.
+pub fn restamp_producer(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<(), FormatError> {
+    if batch.len() < layout::HEADER_LEN {
+        return Err(FormatError::TooShort { len: batch.len() });
+    }
+    let declared = u64::from(read_u32(batch, layout::BATCH_LEN)) + layout::LOG_OVERHEAD as u64;
+    if declared != batch.len() as u64 {
+        return Err(FormatError::LengthMismatch {
+            declared,
+            actual: batch.len(),
+        });
+    }
+    batch[layout::PRODUCER_ID].copy_from_slice(&producer_id.to_le_bytes());
+    batch[layout::PRODUCER_EPOCH].copy_from_slice(&producer_epoch.to_le_bytes());
+    batch[layout::BASE_SEQUENCE].copy_from_slice(&base_sequence.to_le_bytes());
+    let crc = crc32fast::hash(&batch[layout::CRC_START..]);
+    batch[layout::CRC].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 /// A record header: a UTF-8 key and an optional value (design.md §2 reserves keys `sluice.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a> {

@@ -1254,3 +1254,31 @@ fn compacted_batch_is_pinned() {
     );
     assert_eq!(read.records().count(), 1);
 }
+
+#[test]
+fn restamped_producer_fields_pass_every_check() {
+    let mut builder = BatchBuilder::new().producer(7, 1, 40);
+    builder.push(1_000, Some(b"k"), Some(b"v"), &[]).unwrap();
+    builder.push(1_001, None, Some(b"w"), &[]).unwrap();
+    let mut batch = builder.finish().unwrap();
+    restamp_producer(&mut batch, 9, 2, 0).unwrap();
+    let view = BatchView::new(&batch, usize::MAX).unwrap();
+    assert_eq!(
+        (
+            view.producer_id(),
+            view.producer_epoch(),
+            view.base_sequence()
+        ),
+        (9, 2, 0)
+    );
+    assert_eq!(view.record_count(), 2);
+    assert!(matches!(
+        restamp_producer(&mut batch[..HEADER_LEN - 1], 1, 1, 1),
+        Err(FormatError::TooShort { .. })
+    ));
+    let len = batch.len();
+    assert!(matches!(
+        restamp_producer(&mut batch[..len - 1], 1, 1, 1),
+        Err(FormatError::LengthMismatch { .. })
+    ));
+}
