@@ -186,6 +186,30 @@ async fn enqueue_work_describe_and_dead_letters_from_the_command_line() {
     assert!(ok, "{err}");
     assert_eq!(out, "fail-1 attempt 1\n");
 
+    // The queue bench, small: every job acked once.
+    let (ok, out, err) = sluice(
+        &broker,
+        &[
+            "bench",
+            "--mode",
+            "queue",
+            "--count",
+            "500",
+            "--record-size",
+            "100",
+            "--workers",
+            "2",
+            "--concurrency",
+            "16",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["jobs"], 500, "{out}");
+
     // Bad input names the problem.
     let (ok, _, err) = sluice(
         &broker,

@@ -64,6 +64,16 @@ pub struct BenchArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// What to load: `log` (produce and consume) or `queue` (enqueue, lease, ack; see
+    /// bench_queue.rs).
+    #[arg(long, default_value = "log", value_parser = ["log", "queue"])]
+    mode: String,
+    /// Queue mode: worker connections.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Queue mode: jobs each worker leases and handles at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
 }
 
 fn now_ns() -> u64 {
@@ -109,6 +119,20 @@ fn build_batch(
 }
 
 pub async fn run(args: BenchArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
+    if args.mode == "queue" {
+        let bench = super::bench_queue::QueueBench {
+            topic: args.topic,
+            partitions: args.partitions,
+            fsync: args.fsync,
+            producers: args.producers,
+            workers: args.workers,
+            concurrency: args.concurrency,
+            record_size: args.record_size,
+            count: args.count,
+            json: args.json,
+        };
+        return super::bench_queue::run(bench, broker).await;
+    }
     anyhow::ensure!(
         args.record_size >= 8,
         "--record-size must be at least 8 (the send time)"

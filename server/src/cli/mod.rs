@@ -5,6 +5,7 @@
 //! `127.0.0.1:7070`) over the same gRPC API any client uses.
 
 mod bench;
+mod bench_queue;
 mod consume;
 mod group;
 mod produce;
