@@ -917,3 +917,52 @@ async fn a_worker_shutdown_releases_what_it_cuts_off() {
     );
     broker.stop().await;
 }
+
+/// Deleting a topic takes its queue groups along: a topic made again under the name is worked
+/// from its first offset, and a restart does not bring the old state back.
+#[tokio::test]
+async fn a_deleted_topic_takes_its_queue_state_along() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "jobs", 1, pb::TopicConfig::default()).await;
+    enqueue(&broker, "jobs", 0, &["a".into(), "b".into(), "c".into()]).await;
+    let mut queue = broker.queue().await;
+    let leased = lease(&mut queue, "jobs", "w", 10, 10_000, 0).await;
+    let results = ack(
+        &mut queue,
+        "jobs",
+        "w",
+        leased.into_iter().map(|m| m.lease_token).collect(),
+    )
+    .await;
+    assert!(results.iter().all(|r| r.code == 0));
+    let mut admin = broker.admin().await;
+    admin
+        .delete_topic(pb::DeleteTopicRequest {
+            name: "jobs".into(),
+        })
+        .await
+        .unwrap();
+    let status = queue
+        .describe_queue(pb::DescribeQueueRequest {
+            topic: "jobs".into(),
+            group: "w".into(),
+        })
+        .await
+        .unwrap_err();
+    expect_status(&status, Code::NotFound, "jobs");
+    create_topic(&broker, "jobs", 1, pb::TopicConfig::default()).await;
+    enqueue(&broker, "jobs", 0, &["new-0".into(), "new-1".into()]).await;
+    let fresh = lease(&mut queue, "jobs", "w", 10, 10_000, 0).await;
+    assert_eq!(
+        fresh
+            .iter()
+            .map(|m| (m.offset, m.attempt, value(m)))
+            .collect::<Vec<_>>(),
+        vec![(0, 1, "new-0".to_owned()), (1, 1, "new-1".to_owned())]
+    );
+    let broker = broker.restart(Env::default(), |_| {}).await;
+    let mut queue = broker.queue().await;
+    let (in_flight, done, ..) = totals(&describe(&mut queue, "jobs", "w").await);
+    assert_eq!((in_flight, done), (2, 0));
+    broker.stop().await;
+}

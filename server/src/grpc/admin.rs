@@ -49,7 +49,9 @@ impl pb::admin_server::Admin for AdminService {
         let name = request.into_inner().name;
         crate::topics::validate_name(&name, false)?;
         let broker = Arc::clone(&self.broker);
-        blocking(move || broker.topics.delete(&name)).await?;
+        let deleted = name.clone();
+        blocking(move || broker.topics.delete(&deleted)).await?;
+        self.broker.queues.forget_topic(&name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 

@@ -878,6 +878,51 @@ impl Queues {
         Ok((described, topic.settings.retry))
     }
 
+    /// Forgets what queue mode knows of topic `name`, which was deleted: its queue groups
+    /// (their cursors and slots are tombstoned, so a topic made again under the name starts
+    /// afresh) and the redrive records of its dead letters, or of the topic whose dead-letter
+    /// topic it was (a new DLQ's offsets start over).
+    pub async fn forget_topic(&self, name: &str) -> Result<()> {
+        let gone: Vec<Arc<QueueGroup>> = {
+            let mut groups = self.groups();
+            let keys: Vec<GroupKey> = groups.keys().filter(|(_, t)| t == name).cloned().collect();
+            keys.iter().filter_map(|k| groups.remove(k)).collect()
+        };
+        let mut entries = Vec::new();
+        for qg in &gone {
+            let state = qg.state();
+            for (p, queue) in state.iter().enumerate() {
+                let p = p as u32;
+                entries.push((record::cursor_key(&qg.group, &qg.topic, p), None));
+                for (offset, _) in queue.slots() {
+                    entries.push((record::slot_key(&qg.group, &qg.topic, p, offset), None));
+                }
+            }
+            // Long polls on the group end at their deadline, finding nothing.
+            qg.changed.notify_waiters();
+        }
+        let origin = name.strip_suffix(dead::DLQ_SUFFIX);
+        {
+            let mut redrives = self.redrives.lock().unwrap_or_else(|p| p.into_inner());
+            redrives.retain(|(topic, p, o), _| {
+                let forget = topic == name || Some(topic.as_str()) == origin;
+                if forget {
+                    entries.push((record::redrive_key(topic, *p, *o), None));
+                }
+                !forget
+            });
+        }
+        if !entries.is_empty() {
+            tracing::info!(
+                topic = name,
+                groups = gone.len(),
+                "forgetting the queue state of a deleted topic"
+            );
+            self.persist(entries).await?;
+        }
+        Ok(())
+    }
+
     /// Dead-letters leases that ran out on their last attempt, and finishes dead letters and
     /// redrives a crash interrupted; at each earliest lease deadline, until `stop`.
     pub async fn run_timers(&self, broker: &Arc<Broker>, mut stop: watch::Receiver<bool>) {

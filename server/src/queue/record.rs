@@ -229,7 +229,17 @@ impl Replaying {
                 let group = parts.next()?;
                 let topic = parts.next()?;
                 let partition: u32 = parts.next()?.parse().ok()?;
-                let value = value?;
+                let Some(value) = value else {
+                    // The group (or its topic) was deleted: forget the partition.
+                    let key = (group.to_owned(), topic.to_owned());
+                    if let Some(partitions) = self.partitions.get_mut(&key) {
+                        partitions.remove(&partition);
+                        if partitions.is_empty() {
+                            self.partitions.remove(&key);
+                        }
+                    }
+                    return Some(());
+                };
                 if value.len() != CURSOR_LEN || value[0] != VERSION {
                     return None;
                 }
@@ -245,11 +255,20 @@ impl Replaying {
                 let topic = parts.next()?;
                 let partition: u32 = parts.next()?.parse().ok()?;
                 let offset: u64 = parts.next()?.parse().ok()?;
-                let found = self.found(group, topic, partition);
-                match value {
-                    None => {
+                if value.is_none() {
+                    // A tombstone creates nothing (its group may be gone).
+                    if let Some(found) = self
+                        .partitions
+                        .get_mut(&(group.to_owned(), topic.to_owned()))
+                        .and_then(|p| p.get_mut(&partition))
+                    {
                         found.slots.remove(&offset);
                     }
+                    return Some(());
+                }
+                let found = self.found(group, topic, partition);
+                match value {
+                    None => {}
                     Some(value) => {
                         let slot = decode_slot(value)?;
                         // Out-of-order records of one offset: the later attempt, then the
@@ -267,7 +286,11 @@ impl Replaying {
                 let topic = parts.next()?;
                 let partition: u32 = parts.next()?.parse().ok()?;
                 let offset: u64 = parts.next()?.parse().ok()?;
-                let redrive = decode_redrive(value?)?;
+                let Some(value) = value else {
+                    self.redrives.remove(&(topic.to_owned(), partition, offset));
+                    return Some(());
+                };
+                let redrive = decode_redrive(value)?;
                 let entry = self
                     .redrives
                     .entry((topic.to_owned(), partition, offset))
@@ -390,6 +413,28 @@ mod tests {
                 target_from: 7
             }
         );
+    }
+
+    #[test]
+    fn tombstones_forget_deleted_groups_and_redrives() {
+        let mut replaying = Replaying::default();
+        let queue = PartitionQueue::new(5);
+        apply(
+            &mut replaying,
+            &[
+                (cursor_key("g", "t", 0), Some(cursor_value(&queue))),
+                (cursor_key("g", "t", 1), Some(cursor_value(&queue))),
+                (redrive_key("t", 0, 1), Some(redrive_value(Redrive::Done))),
+                (cursor_key("g", "t", 0), None),
+                (cursor_key("g", "t", 1), None),
+                (slot_key("g", "t", 1, 9), None),
+                (redrive_key("t", 0, 1), None),
+            ],
+        );
+        assert_eq!(replaying.malformed, 0);
+        let (queues, redrives) = replaying.into_queues();
+        assert!(queues.is_empty(), "{queues:?}");
+        assert!(redrives.is_empty());
     }
 
     #[test]
