@@ -76,12 +76,32 @@ impl Queue {
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<Job>> {
+        let (jobs, _) = self
+            .lease_and_ack(topic, group, max_messages, visibility, wait, Vec::new())
+            .await?;
+        Ok(jobs)
+    }
+
+    /// [`lease`](Self::lease), acknowledging `acks` first in the same call (and the same
+    /// durable write on the broker): one round trip per worker cycle. One result per ack
+    /// token (code 0: acknowledged). A retry after a lost answer is safe: an ack already made
+    /// answers that the job is done.
+    pub async fn lease_and_ack(
+        &self,
+        topic: &str,
+        group: &str,
+        max_messages: u32,
+        visibility: Duration,
+        wait: Duration,
+        acks: Vec<String>,
+    ) -> Result<(Vec<Job>, Vec<AckResult>)> {
         let request = LeaseRequest {
             topic: topic.to_owned(),
             group: group.to_owned(),
             max_messages,
             visibility_timeout_ms: millis(visibility),
             max_wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            ack_lease_tokens: acks,
         };
         // A lease that timed out unseen only delays its jobs until their visibility ends.
         let response = self
@@ -94,7 +114,7 @@ impl Queue {
                 request,
             )
             .await?;
-        Ok(response.messages)
+        Ok((response.messages, response.ack_results))
     }
 
     /// Acknowledges jobs by their lease tokens; one result per token (code 0: acknowledged).

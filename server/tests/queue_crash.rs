@@ -79,6 +79,7 @@ async fn work(mut queue: Queue, journal: Arc<Mutex<Journal>>) {
                 max_messages: 16,
                 visibility_timeout_ms: VISIBILITY_MS,
                 max_wait_ms: 200,
+                ack_lease_tokens: Vec::new(),
             })
             .await;
         let Ok(leased) = leased else { return };
@@ -297,6 +298,7 @@ async fn a_crash_between_dead_letter_append_and_its_record_neither_loses_nor_dup
             max_messages: 1,
             visibility_timeout_ms: 60_000,
             max_wait_ms: 0,
+            ack_lease_tokens: Vec::new(),
         })
         .await
         .unwrap()
@@ -356,6 +358,7 @@ async fn a_crash_between_dead_letter_append_and_its_record_neither_loses_nor_dup
                 max_messages: 1,
                 visibility_timeout_ms: 60_000,
                 max_wait_ms: 0,
+                ack_lease_tokens: Vec::new(),
             })
             .await
             .unwrap()

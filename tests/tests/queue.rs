@@ -64,6 +64,7 @@ fn lease_request(
         max_messages: max,
         visibility_timeout_ms: visibility_ms,
         max_wait_ms: wait_ms,
+        ack_lease_tokens: Vec::new(),
     }
 }
 
@@ -710,17 +711,28 @@ async fn twenty_workers_run_every_job_once_with_a_tenth_failing_once() {
     let succeeded: Arc<Mutex<HashMap<usize, u32>>> = Arc::default();
     let failed_once: Arc<Mutex<HashMap<usize, u32>>> = Arc::default();
     let mut workers = Vec::new();
-    for _ in 0..20 {
+    for w in 0..20 {
         let mut queue = broker.queue().await;
         let failing = failing.clone();
         let succeeded = Arc::clone(&succeeded);
         let failed_once = Arc::clone(&failed_once);
+        // Half the workers ack on their next Lease, half with Ack calls.
+        let piggyback = w % 2 == 1;
         workers.push(tokio::spawn(async move {
+            let mut unacked: Vec<String> = Vec::new();
             loop {
-                if succeeded.lock().unwrap().len() >= JOBS {
+                if succeeded.lock().unwrap().len() >= JOBS && unacked.is_empty() {
                     return;
                 }
-                let leased = lease(&mut queue, "jobs", "w", 32, 60_000, 100).await;
+                let mut request = lease_request("jobs", "w", 32, 60_000, 100);
+                request.ack_lease_tokens = std::mem::take(&mut unacked);
+                let response = queue.lease(request).await.unwrap().into_inner();
+                assert!(
+                    response.ack_results.iter().all(|r| r.code == 0),
+                    "{:?}",
+                    response.ack_results
+                );
+                let leased = response.messages;
                 let mut tokens = Vec::new();
                 for m in leased {
                     let job: usize = value(&m)["job-".len()..].parse().unwrap();
@@ -733,7 +745,9 @@ async fn twenty_workers_run_every_job_once_with_a_tenth_failing_once() {
                     *succeeded.lock().unwrap().entry(job).or_default() += 1;
                     tokens.push(m.lease_token);
                 }
-                if !tokens.is_empty() {
+                if piggyback {
+                    unacked = tokens;
+                } else if !tokens.is_empty() {
                     let results = ack(&mut queue, "jobs", "w", tokens).await;
                     assert!(results.iter().all(|r| r.code == 0), "{results:?}");
                 }
@@ -964,5 +978,64 @@ async fn a_deleted_topic_takes_its_queue_state_along() {
     let mut queue = broker.queue().await;
     let (in_flight, done, ..) = totals(&describe(&mut queue, "jobs", "w").await);
     assert_eq!((in_flight, done), (2, 0));
+    broker.stop().await;
+}
+
+/// Acks carried by the next Lease: answered per token (a stale one refused, the rest acked),
+/// durable with the new leases, and still done after a restart.
+#[tokio::test(start_paused = true)]
+async fn acks_ride_on_the_next_lease() {
+    let env = paused_env();
+    let broker = TestBroker::start_env(None, env.clone(), |_| {}).await;
+    create_topic(&broker, "jobs", 1, queue_config(5, 100, 100)).await;
+    let values: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
+    enqueue(&broker, "jobs", 0, &values).await;
+    let mut queue = broker.queue().await;
+    let first = lease(&mut queue, "jobs", "w", 2, 1_000, 0).await;
+    let mut request = lease_request("jobs", "w", 2, 60_000, 0);
+    request.ack_lease_tokens = first.iter().map(|m| m.lease_token.clone()).collect();
+    request.ack_lease_tokens.push("garbage".into());
+    let response = queue.lease(request).await.unwrap().into_inner();
+    assert_eq!(response.ack_results.len(), 3);
+    assert!(
+        response.ack_results[..2].iter().all(|r| r.code == 0),
+        "{:?}",
+        response.ack_results
+    );
+    expect_code_message(
+        &response.ack_results[2],
+        Code::InvalidArgument,
+        "not a lease token",
+    );
+    assert_eq!(
+        response
+            .messages
+            .iter()
+            .map(|m| m.offset)
+            .collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    // A stale token rides along too: refused, changing nothing.
+    tokio::time::advance(Duration::from_millis(1_001)).await;
+    let mut request = lease_request("jobs", "w", 10, 60_000, 0);
+    request.ack_lease_tokens = vec![first[0].lease_token.clone()];
+    let response = queue.lease(request).await.unwrap().into_inner();
+    expect_code_message(&response.ack_results[0], Code::FailedPrecondition, "done");
+    assert_eq!(response.messages.len(), 2, "offsets 4 and 5");
+    // With nothing to lease, a Lease carrying acks answers once they are durable, without
+    // long-polling.
+    let mut request = lease_request("jobs", "w", 10, 60_000, 30_000);
+    request.ack_lease_tokens = response
+        .messages
+        .iter()
+        .map(|m| m.lease_token.clone())
+        .collect();
+    let last = queue.lease(request).await.unwrap().into_inner();
+    assert!(last.messages.is_empty());
+    assert!(last.ack_results.iter().all(|r| r.code == 0));
+    let broker = broker.restart(env, |_| {}).await;
+    let mut queue = broker.queue().await;
+    let (in_flight, done, ..) = totals(&describe(&mut queue, "jobs", "w").await);
+    assert_eq!((in_flight, done), (2, 4), "offsets 2 and 3 still leased");
     broker.stop().await;
 }

@@ -3,8 +3,8 @@
 //! Producers enqueue jobs (each value starts with its send time) while at most
 //! `2 × workers × concurrency` jobs are outstanding (enqueued and not yet acknowledged), so
 //! the queue runs at its steady state instead of growing a backlog; `workers` connections each
-//! lease up to `concurrency` jobs per call, run a no-op handler, and acknowledge all of them in
-//! one Ack (every job acked, durably under the topic's fsync). The summary gives jobs/s and
+//! lease up to `concurrency` jobs per call, run a no-op handler, and acknowledge all of them on
+//! their next Lease (every job acked, durably, in the same append as the next leases). The summary gives jobs/s and
 //! produce→ack latency (from the send time to the Ack's answer) percentiles.
 //!
 //! Each run uses a fresh topic (`TOPIC-<ms>`), deleted at the end.
@@ -135,22 +135,38 @@ pub async fn run(bench: QueueBench, broker: &BrokerArgs) -> anyhow::Result<()> {
         );
         let (count, concurrency) = (bench.count, bench.concurrency);
         tasks.spawn(async move {
-            let mut stamps = Vec::with_capacity(concurrency as usize);
-            while acked.load(Ordering::Acquire) < count {
-                let jobs = queue
-                    .lease(
+            // Each cycle acks the last cycle's jobs on the next Lease (one call, one append).
+            let (mut tokens, mut stamps) = (Vec::new(), Vec::new());
+            loop {
+                if acked.load(Ordering::Acquire) >= count && tokens.is_empty() {
+                    break;
+                }
+                let (jobs, results) = queue
+                    .lease_and_ack(
                         &topic,
                         "bench",
                         concurrency,
                         Duration::from_secs(30),
                         Duration::from_millis(100),
+                        std::mem::take(&mut tokens),
                     )
                     .await?;
-                if jobs.is_empty() {
-                    continue;
+                let now = now_ns();
+                let ok = results.iter().filter(|r| r.code == 0).count() as u64;
+                anyhow::ensure!(
+                    ok == results.len() as u64,
+                    "acks refused: {:?}",
+                    results.iter().find(|r| r.code != 0)
+                );
+                if ok > 0 {
+                    let mut latency = latency.lock().await;
+                    for &sent in &stamps {
+                        let _ = latency.record((now.saturating_sub(sent) / 1000).max(1));
+                    }
+                    acked.fetch_add(ok, Ordering::AcqRel);
+                    outstanding.add_permits(ok as usize);
                 }
                 stamps.clear();
-                let mut tokens = Vec::with_capacity(jobs.len());
                 for job in jobs {
                     // The no-op handler.
                     if let Some(stamp) = job.value.get(..8) {
@@ -160,22 +176,6 @@ pub async fn run(bench: QueueBench, broker: &BrokerArgs) -> anyhow::Result<()> {
                     }
                     tokens.push(job.lease_token);
                 }
-                let results = queue.ack(&topic, "bench", tokens).await?;
-                let now = now_ns();
-                let ok = results.iter().filter(|r| r.code == 0).count() as u64;
-                anyhow::ensure!(
-                    ok == results.len() as u64,
-                    "acks refused: {:?}",
-                    results.iter().find(|r| r.code != 0)
-                );
-                {
-                    let mut latency = latency.lock().await;
-                    for &sent in &stamps {
-                        let _ = latency.record((now.saturating_sub(sent) / 1000).max(1));
-                    }
-                }
-                acked.fetch_add(ok, Ordering::AcqRel);
-                outstanding.add_permits(ok as usize);
             }
             anyhow::Ok(())
         });

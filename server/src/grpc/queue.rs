@@ -28,19 +28,20 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let request = request.into_inner();
         let lease = LeaseRequest {
-            topic: request.topic,
-            group: request.group,
+            topic: request.topic.clone(),
+            group: request.group.clone(),
             max_messages: request.max_messages,
             visibility_timeout_ms: request.visibility_timeout_ms,
             max_wait_ms: request.max_wait_ms,
         };
-        let leased = self
+        let (leased, acked) = self
             .broker
             .queues
             .lease(
                 &self.broker.topics,
                 &lease,
                 self.broker.config.max_fetch_wait_ms,
+                &request.ack_lease_tokens,
             )
             .await?;
         let messages = leased
@@ -61,7 +62,10 @@ impl pb::queue_server::Queue for QueueService {
                 lease_deadline_ms: m.deadline_ms,
             })
             .collect();
-        Ok(Response::new(pb::LeaseResponse { messages }))
+        Ok(Response::new(pb::LeaseResponse {
+            messages,
+            ack_results: ack_results(request.ack_lease_tokens, acked),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic, group = %request.get_ref().group))]
@@ -80,27 +84,9 @@ impl pb::queue_server::Queue for QueueService {
                 &request.lease_tokens,
             )
             .await?;
-        let results = request
-            .lease_tokens
-            .into_iter()
-            .zip(outcomes)
-            .map(|(lease_token, outcome)| match outcome {
-                Ok(()) => pb::AckResult {
-                    lease_token,
-                    code: 0,
-                    message: String::new(),
-                },
-                Err(error) => {
-                    let status = Status::from(error);
-                    pb::AckResult {
-                        lease_token,
-                        code: status.code() as i32,
-                        message: status.message().to_owned(),
-                    }
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::AckResponse { results }))
+        Ok(Response::new(pb::AckResponse {
+            results: ack_results(request.lease_tokens, outcomes),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic, group = %request.get_ref().group))]
@@ -239,4 +225,27 @@ impl pb::queue_server::Queue for QueueService {
             already_redriven,
         }))
     }
+}
+
+/// Each token with its outcome, as the wire answers an ack.
+fn ack_results(tokens: Vec<String>, outcomes: Vec<crate::Result<()>>) -> Vec<pb::AckResult> {
+    tokens
+        .into_iter()
+        .zip(outcomes)
+        .map(|(lease_token, outcome)| match outcome {
+            Ok(()) => pb::AckResult {
+                lease_token,
+                code: 0,
+                message: String::new(),
+            },
+            Err(error) => {
+                let status = Status::from(error);
+                pb::AckResult {
+                    lease_token,
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }
+            }
+        })
+        .collect()
 }

@@ -2,6 +2,8 @@
 //! lease (a stale one changes nothing), changes the state under the group's lock, and is
 //! answered once its records are durable.
 
+use super::QueueGroup;
+use super::record::Entry;
 use super::state;
 use super::token::Token;
 use super::{
@@ -10,7 +12,7 @@ use super::{
 };
 use crate::Broker;
 use crate::error::{Error, Result};
-use crate::topics::Topics;
+use crate::topics::{Topic, Topics};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -33,6 +35,24 @@ impl Queues {
         }
         let topic = topics.get(topic)?;
         let qg = self.group(&topic.name, group)?;
+        let (results, entries, moved) = self.ack_in_memory(&topic, &qg, tokens);
+        if !entries.is_empty() {
+            self.persist(entries).await?;
+        }
+        if moved {
+            qg.changed.notify_waiters();
+        }
+        Ok(results)
+    }
+
+    /// Acknowledges `tokens` in memory: one result per token, the records that make the
+    /// acks durable, and whether a cursor moved (window space freed).
+    pub(super) fn ack_in_memory(
+        &self,
+        topic: &Topic,
+        qg: &QueueGroup,
+        tokens: &[String],
+    ) -> (Vec<Result<()>>, Vec<Entry>, bool) {
         let now = self.clock.now_ms();
         let mut results: Vec<Result<()>> = Vec::with_capacity(tokens.len());
         let mut entries = Vec::new();
@@ -49,7 +69,7 @@ impl Queues {
                     }
                 };
                 let Some(queue) = state.get_mut(token.partition as usize) else {
-                    results.push(Err(unknown_partition(&topic, token.partition)));
+                    results.push(Err(unknown_partition(topic, token.partition)));
                     continue;
                 };
                 let before = queue.done_below();
@@ -69,16 +89,10 @@ impl Queues {
             for (p, (before, offsets)) in touched {
                 let queue = &state[p as usize];
                 moved |= queue.done_below() != before;
-                change_entries(&qg, p, queue, before, &offsets, &mut entries);
+                change_entries(qg, p, queue, before, &offsets, &mut entries);
             }
         }
-        if !entries.is_empty() {
-            self.persist(entries).await?;
-        }
-        if moved {
-            qg.changed.notify_waiters();
-        }
-        Ok(results)
+        (results, entries, moved)
     }
 
     /// A failed attempt: retried after `delay_ms` or the backoff, or dead-lettered after the

@@ -1,6 +1,8 @@
 //! The lease path: long polls across partitions, deliveries taken under the group's lock,
 //! their records read from the log and their leases made durable before the answer.
 
+use super::MAX_ACK_TOKENS;
+use super::record::Entry;
 use super::state;
 use super::token::Token;
 use super::{
@@ -18,13 +20,18 @@ use std::time::Duration;
 
 impl Queues {
     /// Leases up to `max_messages` messages, long-polling up to `max_wait_ms` (at most
-    /// `max_wait_cap_ms`) while none is available.
+    /// `max_wait_cap_ms`) while none is available. `acks` are acknowledged first, as
+    /// [`ack`](Self::ack) does (one result per token), and their records go in the same
+    /// durable append as the new leases' (as Kafka's ShareFetch carries acknowledgements): a
+    /// worker's cycle is one round trip and one append. A Lease that carries acks does not
+    /// long-poll: with nothing to lease at once, it answers when the acks are durable.
     pub async fn lease(
         &self,
         topics: &Topics,
         request: &LeaseRequest,
         max_wait_cap_ms: u32,
-    ) -> Result<Vec<Leased>> {
+        acks: &[String],
+    ) -> Result<(Vec<Leased>, Vec<Result<()>>)> {
         if !(1..=MAX_LEASE_MESSAGES).contains(&request.max_messages) {
             return Err(Error::invalid(
                 "max_messages",
@@ -40,9 +47,20 @@ impl Queues {
                 "exceeds the broker's max_fetch_wait_ms",
             ));
         }
+        if acks.len() > MAX_ACK_TOKENS {
+            return Err(Error::invalid(
+                "ack_lease_tokens",
+                format!("{} tokens", acks.len()),
+                "at most 1000 tokens per Lease",
+            ));
+        }
         let topic = topics.get(&request.topic)?;
         let qg = self.group_or_create(&topic, &request.group).await?;
         let policy = topic.settings.retry;
+        let (acked, mut pending, moved) = self.ack_in_memory(&topic, &qg, acks);
+        if moved {
+            qg.changed.notify_waiters();
+        }
         let wait_until = self.clock.now() + Duration::from_millis(u64::from(request.max_wait_ms));
         loop {
             let notified = qg.changed.notified();
@@ -50,15 +68,23 @@ impl Queues {
             notified.as_mut().enable();
             let deliveries = self.take(&topic, &qg, &policy, request);
             if !deliveries.is_empty() {
-                let leased = self.deliver(&topic, &qg, deliveries).await?;
+                let leased = self
+                    .deliver(&topic, &qg, deliveries, std::mem::take(&mut pending))
+                    .await?;
                 if !leased.is_empty() {
-                    return Ok(leased);
+                    return Ok((leased, acked));
                 }
                 continue;
             }
+            if !acks.is_empty() {
+                // Nothing to lease now: the acks' answers should not wait for the long poll
+                // (the caller may be holding work back until they are durable).
+                self.persist(std::mem::take(&mut pending)).await?;
+                return Ok((Vec::new(), acked));
+            }
             let now = self.clock.now();
             if now >= wait_until {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), acked));
             }
             // Wake for: a change (nack, release, freed window), a wait ending or a lease
             // running out, a new record in a partition with window space, or the end.
@@ -154,6 +180,7 @@ impl Queues {
         topic: &Topic,
         qg: &QueueGroup,
         mut deliveries: Vec<(u32, state::Delivery)>,
+        acks: Vec<Entry>,
     ) -> Result<Vec<Leased>> {
         deliveries.sort_by_key(|(p, d)| (*p, d.offset));
         let mut leased = Vec::with_capacity(deliveries.len());
@@ -191,7 +218,8 @@ impl Queues {
             }
             i = end;
         }
-        let mut entries = Vec::with_capacity(leased.len() + missing.len());
+        let mut entries = acks;
+        entries.reserve(leased.len() + missing.len());
         {
             let mut state = qg.state();
             for &(p, offset) in &missing {
