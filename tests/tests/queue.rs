@@ -1039,3 +1039,81 @@ async fn acks_ride_on_the_next_lease() {
     assert_eq!((in_flight, done), (2, 4), "offsets 2 and 3 still leased");
     broker.stop().await;
 }
+
+/// A long poll on an empty queue wakes when a job is enqueued (if it did not, it would
+/// answer empty at the end of its wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_on_a_new_job() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "jobs", 3, pb::TopicConfig::default()).await;
+    let mut queue = broker.queue().await;
+    // The group exists and has seen the empty topic.
+    assert!(
+        lease(&mut queue, "jobs", "w", 1, 10_000, 0)
+            .await
+            .is_empty()
+    );
+    let waiting =
+        tokio::spawn(async move { lease(&mut queue, "jobs", "w", 1, 10_000, 30_000).await });
+    enqueue(&broker, "jobs", 2, &["late".into()]).await;
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "the long poll answered empty: it missed the arrival"
+    );
+    assert_eq!((got[0].partition, value(&got[0]).as_str()), (2, "late"));
+    broker.stop().await;
+}
+
+/// The in-flight window bounds what a group holds per partition: past it nothing new is
+/// delivered until the oldest job is done.
+#[tokio::test]
+async fn the_window_bounds_jobs_in_flight_per_partition() {
+    let broker = TestBroker::start_with(|c| c.queue_max_inflight_per_partition = 3).await;
+    create_topic(&broker, "jobs", 1, pb::TopicConfig::default()).await;
+    let values: Vec<String> = (0..10).map(|i| format!("j{i}")).collect();
+    enqueue(&broker, "jobs", 0, &values).await;
+    let mut queue = broker.queue().await;
+    let leased = lease(&mut queue, "jobs", "w", 100, 60_000, 0).await;
+    assert_eq!(
+        leased.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert!(
+        lease(&mut queue, "jobs", "w", 100, 60_000, 0)
+            .await
+            .is_empty()
+    );
+    // Acking a later one frees nothing (the window starts at the oldest unfinished job)...
+    ack(&mut queue, "jobs", "w", vec![leased[2].lease_token.clone()]).await;
+    assert!(
+        lease(&mut queue, "jobs", "w", 100, 60_000, 0)
+            .await
+            .is_empty()
+    );
+    // ...acking the oldest frees its slot; acking the next frees two (its own, and that of
+    // the job acked ahead of it).
+    ack(&mut queue, "jobs", "w", vec![leased[0].lease_token.clone()]).await;
+    let more = lease(&mut queue, "jobs", "w", 100, 60_000, 0).await;
+    assert_eq!(more.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![3]);
+    ack(&mut queue, "jobs", "w", vec![leased[1].lease_token.clone()]).await;
+    let more = lease(&mut queue, "jobs", "w", 100, 60_000, 0).await;
+    assert_eq!(
+        more.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    let d = describe(&mut queue, "jobs", "w").await;
+    assert_eq!(
+        (
+            d.partitions[0].done_below,
+            d.partitions[0].in_flight,
+            d.partitions[0].ready
+        ),
+        (3, 3, 4)
+    );
+    broker.stop().await;
+}
