@@ -6,7 +6,8 @@
 //! - a handler's `Ok` acknowledges the job, its `Err` nacks it with the error's text as the
 //!   reason (the broker retries it after the topic's backoff, or dead-letters it);
 //! - while a handler runs, its lease is extended every third of the visibility timeout;
-//! - acks are batched: one Ack per `ack_batch` tokens or `ack_linger`, whichever first;
+//! - acks ride on the next Lease (one call per cycle); those no Lease takes within
+//!   `ack_linger` go in an Ack of up to `ack_batch` tokens;
 //! - shutdown (the future given to [`Worker::run_until`]): stop leasing, release jobs leased
 //!   but not started, wait for running handlers up to `shutdown_timeout`, release the jobs of
 //!   those still running (their handlers are dropped), flush the acks.
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
@@ -194,12 +195,12 @@ impl Worker {
         let handler = Arc::new(handler);
         let counters = Arc::new(Counters::default());
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        let (acks, ack_rx) = mpsc::channel::<String>(self.concurrency.max(self.ack_batch) * 2);
+        let acks = Arc::new(PendingAcks::default());
         let acker = tokio::spawn(ack_loop(
             self.queue.clone(),
             self.topic.clone(),
             self.group.clone(),
-            ack_rx,
+            Arc::clone(&acks),
             self.ack_batch,
             self.ack_linger,
             Arc::clone(&counters),
@@ -223,12 +224,14 @@ impl Worker {
             while tasks.try_join_next().is_some() {}
             // A lease in flight is not abandoned at shutdown (its jobs would wait out their
             // visibility): it finishes, and what it brought is released.
-            let lease = self.queue.lease(
+            // Acks of jobs finished since the last lease ride on this one.
+            let lease = self.queue.lease_and_ack(
                 &self.topic,
                 &self.group,
                 free.min(1000) as u32,
                 self.visibility,
                 self.max_wait,
+                acks.take(1000),
             );
             tokio::pin!(lease);
             let leased = tokio::select! {
@@ -239,7 +242,10 @@ impl Worker {
                 }
             };
             let jobs = match leased {
-                Ok(jobs) => jobs,
+                Ok((jobs, results)) => {
+                    count_refused(&results, &counters);
+                    jobs
+                }
                 Err(error) => {
                     failure = Some(error);
                     break;
@@ -263,7 +269,7 @@ impl Worker {
                 lock(&running).insert(id, job.lease_token.clone());
                 let this = self.clone();
                 let handler = Arc::clone(&handler);
-                let acks = acks.clone();
+                let acks = Arc::clone(&acks);
                 let counters = Arc::clone(&counters);
                 let running = Arc::clone(&running);
                 tasks.spawn(async move {
@@ -273,7 +279,7 @@ impl Worker {
                     match outcome {
                         Ok(()) => {
                             counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                            let _ = acks.send(token).await;
+                            acks.push(token);
                         }
                         Err(reason) => {
                             counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -303,7 +309,7 @@ impl Worker {
                 self.release(&token, &counters).await;
             }
         }
-        drop(acks);
+        acks.close();
         let _ = acker.await;
         match failure {
             Some(error) => Err(error),
@@ -356,41 +362,86 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Collects tokens into Acks of up to `batch`, each sent at most `linger` after its first
-/// token, until the channel closes.
+/// Tokens of finished jobs waiting for their ack: the next Lease carries them, or the acker
+/// sends them in an Ack `ack_linger` after they came (at once when `ack_batch` are waiting).
+#[derive(Debug, Default)]
+struct PendingAcks {
+    tokens: Mutex<Vec<String>>,
+    /// Wakes the acker: tokens came, or the worker is stopping.
+    ready: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl PendingAcks {
+    fn push(&self, token: String) {
+        lock(&self.tokens).push(token);
+        self.ready.notify_one();
+    }
+
+    /// Up to `max` tokens, oldest first.
+    fn take(&self, max: usize) -> Vec<String> {
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() <= max {
+            std::mem::take(&mut *tokens)
+        } else {
+            tokens.drain(..max).collect()
+        }
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.tokens).len()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+fn count_refused(results: &[crate::queue::AckResult], counters: &Counters) {
+    for result in results.iter().filter(|r| r.code != 0) {
+        counters.acks_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(message = %result.message, "ack refused; the job may run again");
+    }
+}
+
+/// Sends the tokens no Lease took: in Acks of up to `batch`, `linger` after they came, and
+/// all of them once the worker stops.
 async fn ack_loop(
     queue: Queue,
     topic: String,
     group: String,
-    mut tokens: mpsc::Receiver<String>,
+    pending: Arc<PendingAcks>,
     batch: usize,
     linger: Duration,
     counters: Arc<Counters>,
 ) {
-    let mut pending = Vec::with_capacity(batch);
     loop {
-        let Some(first) = tokens.recv().await else {
-            return;
-        };
-        pending.push(first);
-        let until = tokio::time::Instant::now() + linger;
-        while pending.len() < batch {
-            match tokio::time::timeout_at(until, tokens.recv()).await {
-                Ok(Some(token)) => pending.push(token),
-                Ok(None) | Err(_) => break,
-            }
+        pending.ready.notified().await;
+        if !pending.is_closed() && pending.len() < batch {
+            tokio::time::sleep(linger).await;
         }
-        let sent = std::mem::replace(&mut pending, Vec::with_capacity(batch));
-        match queue.ack(&topic, &group, sent).await {
-            Ok(results) => {
-                for result in results.iter().filter(|r| r.code != 0) {
-                    counters.acks_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(message = %result.message, "ack refused; the job may run again");
+        loop {
+            let sent = pending.take(batch);
+            if sent.is_empty() {
+                break;
+            }
+            match queue.ack(&topic, &group, sent).await {
+                Ok(results) => count_refused(&results, &counters),
+                Err(error) => {
+                    tracing::warn!(%error, "ack failed; the jobs run again after their leases");
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "ack failed; the jobs run again after their leases");
+            if !pending.is_closed() && pending.len() < batch {
+                break;
             }
+        }
+        if pending.is_closed() && pending.len() == 0 {
+            return;
         }
     }
 }
