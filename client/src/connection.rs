@@ -393,6 +393,12 @@ mod tests {
         let deadline = Status::deadline_exceeded("slow");
         assert!(is_retriable(&deadline, Idempotent));
         assert!(!is_retriable(&deadline, NonIdempotent));
+        // A connection broken mid-request: the outcome is unknown.
+        for code in [Code::Unknown, Code::Cancelled] {
+            let status = Status::new(code, "transport error");
+            assert!(is_retriable(&status, Idempotent), "{code:?}");
+            assert!(!is_retriable(&status, NonIdempotent), "{code:?}");
+        }
         for code in [
             Code::Ok,
             Code::InvalidArgument,
@@ -404,9 +410,7 @@ mod tests {
             Code::Unauthenticated,
             Code::Internal,
             Code::DataLoss,
-            Code::Unknown,
             Code::Unimplemented,
-            Code::Cancelled,
         ] {
             let status = Status::new(code, "x");
             assert!(!is_retriable(&status, Idempotent), "{code:?}");

@@ -212,7 +212,11 @@ impl Partition {
                 match state.check(&incoming) {
                     Ok(Verdict::Append) => {
                         state.record(&incoming, base_offset, clock.now_ms());
+                        drop(state);
                         producers.dirty.store(true, Ordering::Release);
+                        // Its successor may go now: it takes the writer lock after this write
+                        // and need not wait for this batch's fsync (group commit covers both).
+                        producers.sequenced.notify_waiters();
                         Ok(())
                     }
                     Ok(Verdict::Duplicate(meta)) => Err(Error::DuplicateBatch(meta)),
@@ -220,6 +224,7 @@ impl Partition {
                 }
             })
             .await;
+        // Refused batches wake the waiters too: they look again and stop waiting in vain.
         self.producers.sequenced.notify_waiters();
         match appended {
             Ok((ack, ())) => Ok(Produced {
