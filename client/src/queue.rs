@@ -7,14 +7,14 @@
 use std::time::Duration;
 
 use sluice_proto::v1::{
-    AckRequest, DescribeQueueRequest, ExtendRequest, LeaseRequest, NackRequest, RedriveRequest,
-    ReleaseRequest, queue_client::QueueClient,
+    AckRequest, ConfigureGroupRequest, DescribeQueueRequest, ExtendRequest, LeaseRequest,
+    NackRequest, RedriveRequest, ReleaseRequest, queue_client::QueueClient,
 };
 use tonic::transport::Channel;
 
 pub use sluice_proto::v1::{
     AckResult, DescribeQueueResponse as QueueDescription, LeasedMessage as Job, NackResponse,
-    QueueHeader, QueuePartition, RedriveResponse,
+    QueueHeader, QueuePartition, RedriveResponse, RetryPolicy as QueuePolicy,
 };
 
 use crate::config::ConnectionConfig;
@@ -33,6 +33,25 @@ pub enum RedriveRange {
         from: u64,
         /// Last offset (inclusive).
         to: u64,
+    },
+}
+
+/// A change to a queue group's retry policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum QueuePolicyChange {
+    /// Drop the group's own policy: it follows its topic's.
+    FollowTopic,
+    /// The group's own policy: the fields given, the rest as in force now.
+    Set {
+        /// Deliveries before dead-lettering.
+        max_attempts: Option<u32>,
+        /// Backoff before the second delivery (full jitter below it).
+        backoff_initial: Option<Duration>,
+        /// Growth per attempt.
+        backoff_multiplier: Option<f64>,
+        /// Longest backoff.
+        backoff_max: Option<Duration>,
     },
 }
 
@@ -256,6 +275,53 @@ impl Queue {
             request,
         )
         .await
+    }
+
+    /// Gives `group` its own retry policy (unset fields keep the values in force; the group is
+    /// created if new), or with `follow_topic` drops it; returns the policy now in force.
+    pub async fn configure_group(
+        &self,
+        topic: &str,
+        group: &str,
+        policy: QueuePolicyChange,
+    ) -> Result<QueuePolicy> {
+        let request = match policy {
+            QueuePolicyChange::FollowTopic => ConfigureGroupRequest {
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                follow_topic: true,
+                ..ConfigureGroupRequest::default()
+            },
+            QueuePolicyChange::Set {
+                max_attempts,
+                backoff_initial,
+                backoff_multiplier,
+                backoff_max,
+            } => ConfigureGroupRequest {
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                max_attempts,
+                backoff_initial_ms: backoff_initial.map(millis),
+                backoff_multiplier,
+                backoff_max_ms: backoff_max.map(millis),
+                follow_topic: false,
+            },
+        };
+        let response = self
+            .call(
+                "configure queue group of",
+                topic,
+                Idempotency::Idempotent,
+                self.request_timeout,
+                |mut client, request| async move { client.configure_group(request).await },
+                request,
+            )
+            .await?;
+        response.policy.ok_or_else(|| Error::UnexpectedResponse {
+            operation: "configure queue group of",
+            topic: topic.to_owned(),
+            what: "no policy".to_owned(),
+        })
     }
 
     async fn call<Req, Resp, F, Fut>(

@@ -108,9 +108,10 @@ async fn enqueue_work_describe_and_dead_letters_from_the_command_line() {
         out.contains("queue group g on jobs (max_attempts 2)"),
         "{out}"
     );
+    assert!(out.contains("policy (topic's) max_attempts 2"), "{out}");
     let rows: Vec<Vec<u64>> = out
         .lines()
-        .skip(2)
+        .skip(3)
         .map(|l| {
             l.split_whitespace()
                 .take(7)
@@ -185,6 +186,35 @@ async fn enqueue_work_describe_and_dead_letters_from_the_command_line() {
     .await;
     assert!(ok, "{err}");
     assert_eq!(out, "fail-1 attempt 1\n");
+
+    // A group's own policy, then back to the topic's.
+    let (ok, out, err) = sluice(
+        &broker,
+        &[
+            "queue",
+            "config",
+            "jobs",
+            "--group",
+            "g",
+            "--max-attempts",
+            "9",
+            "--backoff-max",
+            "5s",
+        ],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("policy (group's own) max_attempts 9"), "{out}");
+    assert!(out.contains("backoff_max_ms 5000"), "{out}");
+    let (ok, out, err) = sluice(
+        &broker,
+        &["queue", "config", "jobs", "--group", "g", "--follow-topic"],
+        "",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("policy (topic's) max_attempts 4"), "{out}");
 
     // The queue bench, small: every job acked once.
     let (ok, out, err) = sluice(

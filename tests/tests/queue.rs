@@ -1117,3 +1117,75 @@ async fn the_window_bounds_jobs_in_flight_per_partition() {
     );
     broker.stop().await;
 }
+
+/// A group's own retry policy overrides its topic's (one group dead-letters on the first
+/// failure while another retries), survives a restart, and can be dropped again.
+#[tokio::test]
+async fn a_group_policy_overrides_the_topic_and_survives_a_restart() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "jobs", 1, queue_config(5, 10, 10)).await;
+    enqueue(&broker, "jobs", 0, &["job".into()]).await;
+    let mut queue = broker.queue().await;
+    let configure =
+        |group: &str, max_attempts: Option<u32>, follow: bool| pb::ConfigureGroupRequest {
+            topic: "jobs".into(),
+            group: group.into(),
+            max_attempts,
+            follow_topic: follow,
+            ..pb::ConfigureGroupRequest::default()
+        };
+    let set = queue
+        .configure_group(configure("strict", Some(1), false))
+        .await
+        .unwrap()
+        .into_inner();
+    let policy = set.policy.unwrap();
+    assert_eq!(
+        (
+            policy.max_attempts,
+            policy.backoff_initial_ms,
+            policy.group_own
+        ),
+        (1, 10, true)
+    );
+    for group in ["strict", "lenient"] {
+        let m = lease(&mut queue, "jobs", group, 1, 60_000, 0)
+            .await
+            .remove(0);
+        let nacked = nack(&mut queue, "jobs", group, &m.lease_token, "no").await;
+        assert_eq!(nacked.dead_lettered, group == "strict", "{group}");
+    }
+    let status = queue
+        .configure_group(configure("strict", Some(0), false))
+        .await
+        .unwrap_err();
+    expect_status(&status, Code::InvalidArgument, "max_attempts");
+    let status = queue
+        .configure_group(configure("strict", Some(3), true))
+        .await
+        .unwrap_err();
+    expect_status(&status, Code::InvalidArgument, "follow_topic");
+    let broker = broker.restart(Env::default(), |_| {}).await;
+    let mut queue = broker.queue().await;
+    let policy = describe(&mut queue, "jobs", "strict").await.policy.unwrap();
+    assert_eq!(
+        (policy.max_attempts, policy.group_own),
+        (1, true),
+        "kept across a restart"
+    );
+    let lenient = describe(&mut queue, "jobs", "lenient")
+        .await
+        .policy
+        .unwrap();
+    assert_eq!((lenient.max_attempts, lenient.group_own), (5, false));
+    let back = queue
+        .configure_group(configure("strict", None, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        back.policy.map(|p| (p.max_attempts, p.group_own)),
+        Some((5, false))
+    );
+    broker.stop().await;
+}

@@ -4,7 +4,7 @@
 use super::{BrokerArgs, interrupted};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use sluice_client::queue::RedriveRange;
+use sluice_client::queue::{QueuePolicyChange, RedriveRange};
 use sluice_client::{Consumer, ConsumerConfig, Job, Queue, StartFrom, Worker};
 use std::io::Write;
 use std::process::Stdio;
@@ -56,6 +56,46 @@ enum QueueCommand {
         #[arg(long)]
         group: String,
     },
+    /// Give a queue group its own retry policy (overriding its topic's), or --follow-topic.
+    Config {
+        topic: String,
+        #[arg(long)]
+        group: String,
+        /// Deliveries of a message before it goes to TOPIC.dlq.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Backoff before the second delivery, like 100ms.
+        #[arg(long, value_parser = super::topic::parse_duration_ms)]
+        backoff_initial: Option<u64>,
+        /// Backoff growth per attempt.
+        #[arg(long)]
+        backoff_multiplier: Option<f64>,
+        /// Longest backoff, like 10s.
+        #[arg(long, value_parser = super::topic::parse_duration_ms)]
+        backoff_max: Option<u64>,
+        /// Drop the group's own policy: follow the topic's.
+        #[arg(long, conflicts_with_all = ["max_attempts", "backoff_initial", "backoff_multiplier", "backoff_max"])]
+        follow_topic: bool,
+    },
+}
+
+fn print_policy(
+    out: &mut impl Write,
+    policy: &sluice_client::queue::QueuePolicy,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  policy ({}) max_attempts {}  backoff_initial_ms {}  backoff_multiplier {}  backoff_max_ms {}",
+        if policy.group_own {
+            "group's own"
+        } else {
+            "topic's"
+        },
+        policy.max_attempts,
+        policy.backoff_initial_ms,
+        policy.backoff_multiplier,
+        policy.backoff_max_ms
+    )
 }
 
 #[derive(Debug, Args)]
@@ -216,8 +256,35 @@ pub async fn work(args: WorkArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn queue(args: QueueArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
-    let QueueCommand::Describe { topic, group } = args.command;
     let queue = queue_client(broker).await?;
+    let (topic, group) = match args.command {
+        QueueCommand::Describe { topic, group } => (topic, group),
+        QueueCommand::Config {
+            topic,
+            group,
+            max_attempts,
+            backoff_initial,
+            backoff_multiplier,
+            backoff_max,
+            follow_topic,
+        } => {
+            let change = if follow_topic {
+                QueuePolicyChange::FollowTopic
+            } else {
+                QueuePolicyChange::Set {
+                    max_attempts,
+                    backoff_initial: backoff_initial.map(Duration::from_millis),
+                    backoff_multiplier,
+                    backoff_max: backoff_max.map(Duration::from_millis),
+                }
+            };
+            let policy = queue.configure_group(&topic, &group, change).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "queue group {group} on {topic}")?;
+            print_policy(&mut out, &policy)?;
+            return Ok(());
+        }
+    };
     let described = queue.describe(&topic, &group).await?;
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -225,6 +292,9 @@ pub async fn queue(args: QueueArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
         "queue group {group} on {topic} (max_attempts {})",
         described.max_attempts
     )?;
+    if let Some(policy) = &described.policy {
+        print_policy(&mut out, policy)?;
+    }
     writeln!(
         out,
         "  {:>9} {:>10} {:>10} {:>10} {:>12} {:>12} {:>8} {:>14}",

@@ -1,7 +1,8 @@
 //! `sluice.v1.Queue`: leases, acks, nacks, extends, releases, describe and redrive.
 
 use crate::Broker;
-use crate::queue::{LeaseRequest, NackOutcome};
+use crate::queue::{LeaseRequest, NackOutcome, PolicyChange, RetryPolicy};
+use crate::topics::multiplier_milli;
 use sluice_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -168,7 +169,7 @@ impl pb::queue_server::Queue for QueueService {
         request: Request<pb::DescribeQueueRequest>,
     ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
         let request = request.into_inner();
-        let (partitions, policy) = self
+        let (partitions, policy, own) = self
             .broker
             .queues
             .describe(&self.broker.topics, &request.topic, &request.group)
@@ -191,6 +192,41 @@ impl pb::queue_server::Queue for QueueService {
                 })
                 .collect(),
             max_attempts: policy.max_attempts,
+            policy: Some(retry_policy(&policy, own)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic, group = %request.get_ref().group))]
+    async fn configure_group(
+        &self,
+        request: Request<pb::ConfigureGroupRequest>,
+    ) -> Result<Response<pb::ConfigureGroupResponse>, Status> {
+        let request = request.into_inner();
+        let any_set = request.max_attempts.is_some()
+            || request.backoff_initial_ms.is_some()
+            || request.backoff_multiplier.is_some()
+            || request.backoff_max_ms.is_some();
+        let change = match (request.follow_topic, any_set) {
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "invalid follow_topic: true drops the group's policy, so the policy fields must be unset",
+                ));
+            }
+            (true, false) => PolicyChange::FollowTopic,
+            (false, _) => PolicyChange::Set {
+                max_attempts: request.max_attempts,
+                backoff_initial_ms: request.backoff_initial_ms,
+                backoff_multiplier_milli: request.backoff_multiplier.map(multiplier_milli),
+                backoff_max_ms: request.backoff_max_ms,
+            },
+        };
+        let (policy, own) = self
+            .broker
+            .queues
+            .configure(&self.broker.topics, &request.topic, &request.group, change)
+            .await?;
+        Ok(Response::new(pb::ConfigureGroupResponse {
+            policy: Some(retry_policy(&policy, own)),
         }))
     }
 
@@ -248,4 +284,15 @@ fn ack_results(tokens: Vec<String>, outcomes: Vec<crate::Result<()>>) -> Vec<pb:
             }
         })
         .collect()
+}
+
+/// A retry policy for the wire.
+fn retry_policy(policy: &RetryPolicy, group_own: bool) -> pb::RetryPolicy {
+    pb::RetryPolicy {
+        max_attempts: policy.max_attempts,
+        backoff_initial_ms: policy.backoff_initial_ms,
+        backoff_multiplier: f64::from(policy.backoff_multiplier_milli) / 1000.0,
+        backoff_max_ms: policy.backoff_max_ms,
+        group_own,
+    }
 }

@@ -118,7 +118,7 @@ impl Queues {
         let topic = broker.topics.get(topic)?;
         let qg = self.group(&topic.name, group)?;
         let token = Token::decode(token, &qg.topic, &qg.group)?;
-        let policy = topic.settings.retry;
+        let policy = qg.policy(&topic);
         let now = self.clock.now_ms();
         let (outcome, entries) = {
             let mut state = qg.state();

@@ -56,7 +56,7 @@ impl Queues {
         }
         let topic = topics.get(&request.topic)?;
         let qg = self.group_or_create(&topic, &request.group).await?;
-        let policy = topic.settings.retry;
+        let policy = qg.policy(&topic);
         let (acked, mut pending, moved) = self.ack_in_memory(&topic, &qg, acks);
         if moved {
             qg.changed.notify_waiters();

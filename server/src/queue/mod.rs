@@ -89,9 +89,30 @@ struct QueueGroup {
     changed: Notify,
     /// Where the next lease starts looking, so partitions are served in turn.
     next_partition: AtomicUsize,
+    /// The group's own retry policy, overriding its topic's.
+    policy: Mutex<Option<RetryPolicy>>,
 }
 
 impl QueueGroup {
+    fn new(topic: String, group: String, partitions: Vec<PartitionQueue>) -> Self {
+        Self {
+            topic,
+            group,
+            partitions: Mutex::new(partitions),
+            changed: Notify::new(),
+            next_partition: AtomicUsize::new(0),
+            policy: Mutex::new(None),
+        }
+    }
+
+    /// The policy in force: the group's own, else its topic's.
+    fn policy(&self, topic: &Topic) -> RetryPolicy {
+        self.policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(topic.settings.retry)
+    }
+
     fn state(&self) -> MutexGuard<'_, Vec<PartitionQueue>> {
         // Every mutation completes under the lock, so a panic cannot leave it half-done.
         self.partitions.lock().unwrap_or_else(|p| p.into_inner())
@@ -157,6 +178,24 @@ pub struct PartitionDescription {
     pub log_end: u64,
     /// Age of the oldest ready message, ms.
     pub oldest_ready_age_ms: Option<i64>,
+}
+
+/// A change to a queue group's retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// Drop the group's own policy: it follows its topic's.
+    FollowTopic,
+    /// The group's own policy: these fields, the rest as in force now.
+    Set {
+        /// Deliveries before dead-lettering.
+        max_attempts: Option<u32>,
+        /// First backoff cap, ms.
+        backoff_initial_ms: Option<u64>,
+        /// Growth per attempt, thousandths.
+        backoff_multiplier_milli: Option<u32>,
+        /// Largest backoff, ms.
+        backoff_max_ms: Option<u64>,
+    },
 }
 
 /// What a nack did.
@@ -277,6 +316,7 @@ impl Queues {
         let mut replaying = record::Replaying::default();
         let replayed = log.replay(&mut replaying)?;
         let malformed = replaying.malformed;
+        let mut policies = std::mem::take(&mut replaying.policies);
         let (queues, redrives) = replaying.into_queues();
         let mut groups = HashMap::new();
         for ((group, topic), partitions) in queues {
@@ -286,16 +326,10 @@ impl Queues {
             for (p, queue) in partitions {
                 list[p as usize] = queue;
             }
-            groups.insert(
-                (group.clone(), topic.clone()),
-                Arc::new(QueueGroup {
-                    topic,
-                    group,
-                    partitions: Mutex::new(list),
-                    changed: Notify::new(),
-                    next_partition: AtomicUsize::new(0),
-                }),
-            );
+            let key = (group.clone(), topic.clone());
+            let qg = QueueGroup::new(topic, group, list);
+            *qg.policy.lock().unwrap_or_else(|p| p.into_inner()) = policies.remove(&key);
+            groups.insert(key, Arc::new(qg));
         }
         tracing::info!(
             groups = groups.len(),
@@ -349,13 +383,11 @@ impl Queues {
                         .iter()
                         .map(|p| PartitionQueue::new(p.earliest_offset()))
                         .collect();
-                    let qg = Arc::new(QueueGroup {
-                        topic: topic.name.clone(),
-                        group: group.to_owned(),
-                        partitions: Mutex::new(partitions),
-                        changed: Notify::new(),
-                        next_partition: AtomicUsize::new(0),
-                    });
+                    let qg = Arc::new(QueueGroup::new(
+                        topic.name.clone(),
+                        group.to_owned(),
+                        partitions,
+                    ));
                     groups.insert(key, Arc::clone(&qg));
                     (qg, true)
                 }
@@ -430,7 +462,7 @@ impl Queues {
         topics: &Topics,
         topic: &str,
         group: &str,
-    ) -> Result<(Vec<PartitionDescription>, RetryPolicy)> {
+    ) -> Result<(Vec<PartitionDescription>, RetryPolicy, bool)> {
         let topic = topics.get(topic)?;
         let qg = self.group(&topic.name, group)?;
         let now = self.clock.now_ms();
@@ -474,7 +506,53 @@ impl Queues {
                 description.oldest_ready_age_ms = Some(now.saturating_sub(record.timestamp_ms));
             }
         }
-        Ok((described, topic.settings.retry))
+        let own = qg
+            .policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        Ok((described, qg.policy(&topic), own))
+    }
+
+    /// Sets (or with [`PolicyChange::FollowTopic`] clears) the retry policy of `group` on `topic`, overriding the
+    /// topic's; the group is created if new. Durable before it returns. Returns the policy
+    /// now in force.
+    pub async fn configure(
+        &self,
+        topics: &Topics,
+        topic: &str,
+        group: &str,
+        change: PolicyChange,
+    ) -> Result<(RetryPolicy, bool)> {
+        let topic = topics.get(topic)?;
+        let qg = self.group_or_create(&topic, group).await?;
+        let policy = match change {
+            PolicyChange::FollowTopic => None,
+            PolicyChange::Set {
+                max_attempts,
+                backoff_initial_ms,
+                backoff_multiplier_milli,
+                backoff_max_ms,
+            } => {
+                let base = qg.policy(&topic);
+                Some(RetryPolicy {
+                    max_attempts: max_attempts.unwrap_or(base.max_attempts),
+                    backoff_initial_ms: backoff_initial_ms.unwrap_or(base.backoff_initial_ms),
+                    backoff_multiplier_milli: backoff_multiplier_milli
+                        .unwrap_or(base.backoff_multiplier_milli),
+                    backoff_max_ms: backoff_max_ms.unwrap_or(base.backoff_max_ms),
+                })
+            }
+        };
+        if let Some((field, value, reason)) = policy.as_ref().and_then(RetryPolicy::problem) {
+            return Err(Error::invalid(field, value, reason));
+        }
+        let value = policy.as_ref().map(record::policy_value);
+        self.persist(vec![(record::policy_key(&qg.group, &qg.topic), value)])
+            .await?;
+        *qg.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+        tracing::info!(topic = %topic.name, group, ?policy, "set a queue group's retry policy");
+        Ok((qg.policy(&topic), policy.is_some()))
     }
 
     /// Forgets what queue mode knows of topic `name`, which was deleted: its queue groups
@@ -490,6 +568,7 @@ impl Queues {
         let mut entries = Vec::new();
         for qg in &gone {
             let state = qg.state();
+            entries.push((record::policy_key(&qg.group, &qg.topic), None));
             for (p, queue) in state.iter().enumerate() {
                 let p = p as u32;
                 entries.push((record::cursor_key(&qg.group, &qg.topic, p), None));
@@ -557,7 +636,7 @@ impl Queues {
             let Ok(topic) = broker.topics.get(&qg.topic) else {
                 continue;
             };
-            let policy = topic.settings.retry;
+            let policy = qg.policy(&topic);
             let (exhausted, next) = {
                 let mut state = qg.state();
                 let mut exhausted = Vec::new();

@@ -13,6 +13,10 @@
 //!         (null value: a tombstone; the cursor passed the offset)
 //! redrive key = "r" NUL topic NUL dlq_partition NUL dlq_offset
 //!         value = { u8 version | u8 state | u32 target_partition | u64 target_from }
+//! policy  key = "p" NUL group NUL topic
+//!         value = { u8 version | u32 max_attempts | u64 backoff_initial_ms
+//!                 | u32 backoff_multiplier_milli | u64 backoff_max_ms }
+//!         (null value: the group follows its topic's policy again)
 //! ```
 //!
 //! | record  | offset | size | field              | notes                                     |
@@ -30,13 +34,18 @@
 //! | redrive |      1 |    1 | `state`            | 1 intent, 2 done                          |
 //! | redrive |      2 |    4 | `target_partition` | the origin topic's partition              |
 //! | redrive |      6 |    8 | `target_from`      | that partition's end before the append    |
+//! | policy  |      0 |    1 | `version`          | [`VERSION`]                               |
+//! | policy  |      1 |    4 | `max_attempts`     | the group's override of the topic's       |
+//! | policy  |      5 |    8 | `backoff_initial_ms` |                                         |
+//! | policy  |     13 |    4 | `backoff_multiplier_milli` | thousandths                       |
+//! | policy  |     17 |    8 | `backoff_max_ms`   |                                           |
 //!
 //! Compaction keeps the latest record per key, so the topic holds about one cursor per
 //! (group, topic, partition), one slot per offset in a window (bounded), and one redrive
 //! record per dead letter redriven. When a cursor moves, the same batch carries tombstones
 //! for the slots it passed, so they go too.
 
-use super::state::{PartitionQueue, Slot, SlotState};
+use super::state::{PartitionQueue, RetryPolicy, Slot, SlotState};
 use sluice_storage::format::BatchView;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -46,6 +55,8 @@ pub const VERSION: u8 = 1;
 const CURSOR_LEN: usize = 17;
 const SLOT_HEADER_LEN: usize = 22;
 const REDRIVE_LEN: usize = 14;
+const POLICY_LEN: usize = 25;
+const _: () = assert!(POLICY_LEN == 1 + 4 + 8 + 4 + 8);
 const _: () = assert!(CURSOR_LEN == 1 + 8 + 8);
 const _: () = assert!(SLOT_HEADER_LEN == 1 + 1 + 4 + 8 + 8);
 const _: () = assert!(REDRIVE_LEN == 1 + 1 + 4 + 8);
@@ -66,6 +77,36 @@ pub fn slot_key(group: &str, topic: &str, partition: u32, offset: u64) -> Vec<u8
 /// A redrive key.
 pub fn redrive_key(topic: &str, dlq_partition: u32, dlq_offset: u64) -> Vec<u8> {
     format!("r\0{topic}\0{dlq_partition}\0{dlq_offset}").into_bytes()
+}
+
+/// A group's policy key.
+pub fn policy_key(group: &str, topic: &str) -> Vec<u8> {
+    format!("p\0{group}\0{topic}").into_bytes()
+}
+
+/// A group's policy value.
+pub fn policy_value(policy: &RetryPolicy) -> Vec<u8> {
+    let mut value = Vec::with_capacity(POLICY_LEN);
+    value.push(VERSION);
+    value.extend_from_slice(&policy.max_attempts.to_le_bytes());
+    value.extend_from_slice(&policy.backoff_initial_ms.to_le_bytes());
+    value.extend_from_slice(&policy.backoff_multiplier_milli.to_le_bytes());
+    value.extend_from_slice(&policy.backoff_max_ms.to_le_bytes());
+    value
+}
+
+fn decode_policy(value: &[u8]) -> Option<RetryPolicy> {
+    if value.len() != POLICY_LEN || value[0] != VERSION {
+        return None;
+    }
+    let policy = RetryPolicy {
+        max_attempts: u32_at(value, 1)?,
+        backoff_initial_ms: u64_at(value, 5)?,
+        backoff_multiplier_milli: u32_at(value, 13)?,
+        backoff_max_ms: u64_at(value, 17)?,
+    };
+    // Checked when set; a value out of bounds on disk is damage.
+    policy.problem().is_none().then_some(policy)
 }
 
 /// A cursor value.
@@ -193,6 +234,8 @@ pub struct Replaying {
     pub redrives: HashMap<(String, u32, u64), Redrive>,
     /// Records that did not decode (skipped with a warning).
     pub malformed: u64,
+    /// Groups' own retry policies.
+    pub policies: HashMap<GroupKey, RetryPolicy>,
 }
 
 impl Replaying {
@@ -297,6 +340,17 @@ impl Replaying {
                     .or_insert(redrive);
                 if redrive == Redrive::Done {
                     *entry = Redrive::Done;
+                }
+            }
+            "p" => {
+                let key = (parts.next()?.to_owned(), parts.next()?.to_owned());
+                match value {
+                    None => {
+                        self.policies.remove(&key);
+                    }
+                    Some(value) => {
+                        self.policies.insert(key, decode_policy(value)?);
+                    }
                 }
             }
             _ => return None,
@@ -461,6 +515,34 @@ mod tests {
         let (queues, _) = replaying.into_queues();
         let restored = &queues[&("g".to_owned(), "t".to_owned())][&0];
         assert_eq!(restored.slot(0).unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn group_policies_round_trip_and_clear() {
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            backoff_initial_ms: 5,
+            backoff_multiplier_milli: 1500,
+            backoff_max_ms: 50,
+        };
+        assert_eq!(decode_policy(&policy_value(&policy)), Some(policy));
+        let mut bad = policy_value(&policy);
+        bad[1..5].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_policy(&bad), None, "out of bounds");
+        let mut replaying = Replaying::default();
+        apply(
+            &mut replaying,
+            &[
+                (policy_key("g", "t"), Some(policy_value(&policy))),
+                (policy_key("h", "t"), Some(policy_value(&policy))),
+                (policy_key("h", "t"), None),
+            ],
+        );
+        assert_eq!(replaying.policies.len(), 1);
+        assert_eq!(
+            replaying.policies[&("g".to_owned(), "t".to_owned())],
+            policy
+        );
     }
 
     #[test]
