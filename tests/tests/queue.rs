@@ -1189,3 +1189,101 @@ async fn a_group_policy_overrides_the_topic_and_survives_a_restart() {
     );
     broker.stop().await;
 }
+
+/// The queue state topic stays bounded: once compaction has dropped the slots acked jobs left
+/// behind (and their tombstones), it holds about the cursor and the window, and a restart
+/// rebuilds the same state from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_queue_state_replays_to_the_same_state() {
+    let (clock, time) = Clock::manual(START_MS);
+    let env = Env {
+        clock,
+        ..Env::default()
+    };
+    let tweak = |c: &mut sluice_server::Config| {
+        c.offsets_segment_bytes = 16 << 10;
+        c.compaction_check_interval_ms = 100;
+        c.compaction_min_dirty_percent = 0;
+    };
+    let broker = TestBroker::start_env(None, env.clone(), tweak).await;
+    create_topic(&broker, "jobs", 1, pb::TopicConfig::default()).await;
+    for chunk in 0..3 {
+        let values: Vec<String> = (0..1000).map(|i| format!("{chunk}-{i}")).collect();
+        enqueue(&broker, "jobs", 0, &values).await;
+    }
+    let mut queue = broker.queue().await;
+    let mut kept = Vec::new();
+    let mut tokens = Vec::new();
+    loop {
+        let mut request = lease_request("jobs", "w", 100, 600_000, 0);
+        request.ack_lease_tokens = std::mem::take(&mut tokens);
+        let response = queue.lease(request).await.unwrap().into_inner();
+        assert!(response.ack_results.iter().all(|r| r.code == 0));
+        if response.messages.is_empty() {
+            break;
+        }
+        for m in response.messages {
+            // The last few jobs stay leased (so the cursor passes all the others).
+            if m.offset >= 2995 {
+                kept.push(m.offset);
+            } else {
+                tokens.push(m.lease_token);
+            }
+        }
+    }
+    let before = describe(&mut queue, "jobs", "w").await;
+    let state_size = || async {
+        let described = broker
+            .admin()
+            .await
+            .describe_topic(pb::DescribeTopicRequest {
+                name: "__queue_state".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let p = &described.topic.unwrap().partitions[0];
+        p.size_bytes
+    };
+    let grown = state_size().await;
+    // Tombstones may go once they are older than the topic's delete retention (a minute).
+    time.advance(Duration::from_secs(120));
+    let started = std::time::Instant::now();
+    loop {
+        let now = state_size().await;
+        if now * 4 < grown {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "hang guard: the state topic stayed at {now} of {grown} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let broker = broker.restart(env, tweak).await;
+    let mut queue = broker.queue().await;
+    let after = describe(&mut queue, "jobs", "w").await;
+    assert_eq!(
+        after.partitions, before.partitions,
+        "the same state after compaction"
+    );
+    let (in_flight, done, ..) = totals(&after);
+    assert_eq!(
+        (in_flight, done),
+        (kept.len() as u64, 3000 - kept.len() as u64)
+    );
+    // The leases kept are still leased, and come back as attempt 2 once they run out.
+    time.advance(Duration::from_secs(601));
+    let mut again = Vec::new();
+    for _ in 0..100 {
+        again.extend(lease(&mut queue, "jobs", "w", 100, 600_000, 0).await);
+        if again.len() >= kept.len() {
+            break;
+        }
+        time.advance(Duration::from_secs(2));
+    }
+    let mut got: Vec<(u64, u32)> = again.iter().map(|m| (m.offset, m.attempt)).collect();
+    got.sort_unstable();
+    assert_eq!(got, kept.iter().map(|&o| (o, 2)).collect::<Vec<_>>());
+    broker.stop().await;
+}
