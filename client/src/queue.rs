@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use sluice_proto::v1::{
-    AckRequest, ConfigureGroupRequest, DescribeQueueRequest, ExtendRequest, LeaseRequest,
-    NackRequest, RedriveRequest, ReleaseRequest, queue_client::QueueClient,
+    AckRequest, ConfigureGroupRequest, DeleteQueueGroupRequest, DescribeQueueRequest,
+    ExtendRequest, LeaseRequest, NackRequest, RedriveRequest, ReleaseRequest,
+    queue_client::QueueClient,
 };
 use tonic::transport::Channel;
 
@@ -322,6 +323,24 @@ impl Queue {
             topic: topic.to_owned(),
             what: "no policy".to_owned(),
         })
+    }
+
+    /// Deletes queue group `group` of `topic` (its progress, leases and policy).
+    pub async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
+        let request = DeleteQueueGroupRequest {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+        };
+        self.call(
+            "delete queue group of",
+            topic,
+            Idempotency::NonIdempotent,
+            self.request_timeout,
+            |mut client, request| async move { client.delete_queue_group(request).await },
+            request,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn call<Req, Resp, F, Fut>(

@@ -240,6 +240,10 @@ async fn enqueue_work_describe_and_dead_letters_from_the_command_line() {
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(summary["jobs"], 500, "{out}");
 
+    let (ok, out, err) = sluice(&broker, &["queue", "delete", "jobs", "--group", "g"], "").await;
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted queue group g of jobs"), "{out}");
+
     // Bad input names the problem.
     let (ok, _, err) = sluice(
         &broker,

@@ -1287,3 +1287,65 @@ async fn compacted_queue_state_replays_to_the_same_state() {
     assert_eq!(got, kept.iter().map(|&o| (o, 2)).collect::<Vec<_>>());
     broker.stop().await;
 }
+
+/// Deleting a queue group drops its progress: its old leases are refused, a new group under
+/// the name starts from the beginning, and a restart agrees.
+#[tokio::test]
+async fn a_deleted_queue_group_starts_over() {
+    let broker = TestBroker::start().await;
+    create_topic(&broker, "jobs", 2, queue_config(1, 10, 10)).await;
+    enqueue(&broker, "jobs", 0, &["a".into(), "b".into()]).await;
+    enqueue(&broker, "jobs", 1, &["c".into()]).await;
+    let mut queue = broker.queue().await;
+    let leased = lease(&mut queue, "jobs", "w", 10, 60_000, 0).await;
+    assert_eq!(leased.len(), 3);
+    assert_eq!(
+        ack(&mut queue, "jobs", "w", vec![leased[0].lease_token.clone()]).await[0].code,
+        0
+    );
+    queue
+        .configure_group(pb::ConfigureGroupRequest {
+            topic: "jobs".into(),
+            group: "w".into(),
+            max_attempts: Some(3),
+            ..pb::ConfigureGroupRequest::default()
+        })
+        .await
+        .unwrap();
+    let delete = || pb::DeleteQueueGroupRequest {
+        topic: "jobs".into(),
+        group: "w".into(),
+    };
+    queue.delete_queue_group(delete()).await.unwrap();
+    let status = queue.delete_queue_group(delete()).await.unwrap_err();
+    expect_status(&status, Code::NotFound, "unknown group");
+    let status = queue
+        .ack(pb::AckRequest {
+            topic: "jobs".into(),
+            group: "w".into(),
+            lease_tokens: vec![leased[1].lease_token.clone()],
+        })
+        .await
+        .unwrap_err();
+    expect_status(&status, Code::NotFound, "unknown group");
+    let broker = broker.restart(Env::default(), |_| {}).await;
+    let mut queue = broker.queue().await;
+    let status = queue
+        .describe_queue(pb::DescribeQueueRequest {
+            topic: "jobs".into(),
+            group: "w".into(),
+        })
+        .await
+        .unwrap_err();
+    expect_status(&status, Code::NotFound, "unknown group");
+    let again = lease(&mut queue, "jobs", "w", 10, 60_000, 0).await;
+    assert_eq!(again.len(), 3, "every job again");
+    assert!(again.iter().all(|m| m.attempt == 1));
+    let policy = describe(&mut queue, "jobs", "w").await.policy.unwrap();
+    assert_eq!(
+        (policy.max_attempts, policy.group_own),
+        (1, false),
+        "the policy went too"
+    );
+    broker.stop().await;
+}

@@ -56,6 +56,12 @@ enum QueueCommand {
         #[arg(long)]
         group: String,
     },
+    /// Delete a queue group: its progress, leases and policy.
+    Delete {
+        topic: String,
+        #[arg(long)]
+        group: String,
+    },
     /// Give a queue group its own retry policy (overriding its topic's), or --follow-topic.
     Config {
         topic: String,
@@ -259,6 +265,14 @@ pub async fn queue(args: QueueArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
     let queue = queue_client(broker).await?;
     let (topic, group) = match args.command {
         QueueCommand::Describe { topic, group } => (topic, group),
+        QueueCommand::Delete { topic, group } => {
+            queue.delete_group(&topic, &group).await?;
+            writeln!(
+                std::io::stdout().lock(),
+                "deleted queue group {group} of {topic}"
+            )?;
+            return Ok(());
+        }
         QueueCommand::Config {
             topic,
             group,

@@ -197,6 +197,19 @@ impl pb::queue_server::Queue for QueueService {
     }
 
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic, group = %request.get_ref().group))]
+    async fn delete_queue_group(
+        &self,
+        request: Request<pb::DeleteQueueGroupRequest>,
+    ) -> Result<Response<pb::DeleteQueueGroupResponse>, Status> {
+        let request = request.into_inner();
+        self.broker
+            .queues
+            .delete_group(&self.broker.topics, &request.topic, &request.group)
+            .await?;
+        Ok(Response::new(pb::DeleteQueueGroupResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic, group = %request.get_ref().group))]
     async fn configure_group(
         &self,
         request: Request<pb::ConfigureGroupRequest>,

@@ -37,6 +37,7 @@ impl Queues {
         let qg = self.group(&topic.name, group)?;
         let (results, entries, moved) = self.ack_in_memory(&topic, &qg, tokens);
         if !entries.is_empty() {
+            qg.check_present()?;
             self.persist(entries).await?;
         }
         if moved {
@@ -153,6 +154,7 @@ impl Queues {
         qg.changed.notify_waiters();
         match outcome {
             state::Nacked::Retry { until_ms } => {
+                qg.check_present()?;
                 self.persist(entries).await?;
                 Ok(NackOutcome::Retry(until_ms))
             }
@@ -198,6 +200,7 @@ impl Queues {
             );
             (deadline, entries)
         };
+        qg.check_present()?;
         self.persist(entries).await?;
         Ok(deadline)
     }
@@ -235,6 +238,7 @@ impl Queues {
             entries
         };
         qg.changed.notify_waiters();
+        qg.check_present()?;
         self.persist(entries).await
     }
 }

@@ -152,6 +152,7 @@ impl Queues {
         p: u32,
         exhausted: Exhausted,
     ) -> Result<()> {
+        qg.check_present()?;
         let dlq = dlq_topic(broker, &topic.name).await?;
         let dlq_partition = Arc::clone(&dlq.partitions[p as usize % dlq.partitions.len()]);
         let dlq_from = dlq_partition.log_end_offset();
@@ -235,6 +236,7 @@ impl Queues {
             super::change_entries(qg, p, queue, before, &[offset], &mut entries);
             entries
         };
+        qg.check_present()?;
         self.persist(entries).await?;
         qg.changed.notify_waiters();
         Ok(())

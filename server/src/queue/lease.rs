@@ -63,6 +63,7 @@ impl Queues {
         }
         let wait_until = self.clock.now() + Duration::from_millis(u64::from(request.max_wait_ms));
         loop {
+            qg.check_present()?;
             let notified = qg.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -77,6 +78,7 @@ impl Queues {
                 continue;
             }
             if !acks.is_empty() {
+                qg.check_present()?;
                 // Nothing to lease now: the acks' answers should not wait for the long poll
                 // (the caller may be holding work back until they are durable).
                 self.persist(std::mem::take(&mut pending)).await?;
@@ -218,6 +220,7 @@ impl Queues {
             }
             i = end;
         }
+        qg.check_present()?;
         let mut entries = acks;
         entries.reserve(leased.len() + missing.len());
         {

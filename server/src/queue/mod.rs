@@ -91,6 +91,9 @@ struct QueueGroup {
     next_partition: AtomicUsize,
     /// The group's own retry policy, overriding its topic's.
     policy: Mutex<Option<RetryPolicy>>,
+    /// Set when the group (or its topic) is deleted: requests that found it before answer
+    /// NOT_FOUND rather than write records for it.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl QueueGroup {
@@ -102,7 +105,22 @@ impl QueueGroup {
             changed: Notify::new(),
             next_partition: AtomicUsize::new(0),
             policy: Mutex::new(None),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// `NOT_FOUND` if the group was deleted since it was looked up.
+    fn check_present(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::UnknownGroup {
+                group: format!(
+                    "{} (deleted from topic {:?})",
+                    crate::error::echo(&self.group),
+                    crate::error::echo(&self.topic)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The policy in force: the group's own, else its topic's.
@@ -565,20 +583,7 @@ impl Queues {
             let keys: Vec<GroupKey> = groups.keys().filter(|(_, t)| t == name).cloned().collect();
             keys.iter().filter_map(|k| groups.remove(k)).collect()
         };
-        let mut entries = Vec::new();
-        for qg in &gone {
-            let state = qg.state();
-            entries.push((record::policy_key(&qg.group, &qg.topic), None));
-            for (p, queue) in state.iter().enumerate() {
-                let p = p as u32;
-                entries.push((record::cursor_key(&qg.group, &qg.topic, p), None));
-                for (offset, _) in queue.slots() {
-                    entries.push((record::slot_key(&qg.group, &qg.topic, p, offset), None));
-                }
-            }
-            // Long polls on the group end at their deadline, finding nothing.
-            qg.changed.notify_waiters();
-        }
+        let mut entries = forget_groups(&gone);
         let origin = name.strip_suffix(dead::DLQ_SUFFIX);
         {
             let mut redrives = self.redrives.lock().unwrap_or_else(|p| p.into_inner());
@@ -599,6 +604,24 @@ impl Queues {
             self.persist(entries).await?;
         }
         Ok(())
+    }
+
+    /// Deletes queue group `group` of `topic`: its cursors, slots and policy are tombstoned;
+    /// leases it handed out can no longer be acknowledged (`NOT_FOUND`), and a Lease under
+    /// the name starts a new group at each partition's earliest offset.
+    pub async fn delete_group(&self, topics: &Topics, topic: &str, group: &str) -> Result<()> {
+        let topic = topics.get(topic)?;
+        let qg = self.group(&topic.name, group)?;
+        let removed = self
+            .groups()
+            .remove(&(qg.group.clone(), qg.topic.clone()))
+            .is_some();
+        if !removed {
+            return qg.check_present();
+        }
+        let entries = forget_groups(&[qg]);
+        tracing::info!(topic = %topic.name, group, "deleted queue group");
+        self.persist(entries).await
     }
 
     /// Dead-letters leases that ran out on their last attempt, and finishes dead letters and
@@ -666,6 +689,26 @@ impl Queues {
             }
         }
     }
+}
+
+/// Marks `gone` deleted and returns the tombstones of everything they wrote.
+fn forget_groups(gone: &[Arc<QueueGroup>]) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for qg in gone {
+        qg.deleted.store(true, Ordering::Release);
+        let state = qg.state();
+        entries.push((record::policy_key(&qg.group, &qg.topic), None));
+        for (p, queue) in state.iter().enumerate() {
+            let p = p as u32;
+            entries.push((record::cursor_key(&qg.group, &qg.topic, p), None));
+            for (offset, _) in queue.slots() {
+                entries.push((record::slot_key(&qg.group, &qg.topic, p, offset), None));
+            }
+        }
+        // Long polls on the group wake and answer NOT_FOUND.
+        qg.changed.notify_waiters();
+    }
+    entries
 }
 
 fn unknown_partition(topic: &Topic, partition: u32) -> Error {
