@@ -21,6 +21,7 @@ pub mod connection;
 mod consumer;
 mod error;
 mod group;
+mod lane;
 pub mod partitioner;
 mod producer;
 
