@@ -23,6 +23,7 @@ pub mod connection;
 mod consumer;
 mod error;
 mod group;
+mod lane;
 pub mod partitioner;
 mod producer;
 pub mod queue;

@@ -184,8 +184,11 @@ fn snapshots_must_cover_only_durable_retained_offsets() {
     store.close().unwrap();
 }
 
-#[test]
-fn a_snapshot_older_than_the_earliest_offset_is_an_error_naming_both() {
+/// A log of 4 KiB segments with one record, a snapshot of it at offset 1, then `batches`
+/// batches of 3 records, all durable.
+fn snapshot_then_appends(
+    batches: usize,
+) -> (tempfile::TempDir, Store, std::sync::Arc<Log>, Latest) {
     let dir = tempfile::tempdir().unwrap();
     let config = sluice_storage::LogConfig {
         segment_bytes: 4096,
@@ -198,10 +201,16 @@ fn a_snapshot_older_than_the_earliest_offset_is_an_error_naming_both() {
     append(&log, &mut model, 1, 1);
     log.flush().unwrap();
     replay::write_snapshot(&log, 1, &model.encode()).unwrap();
-    for _ in 0..100 {
+    for _ in 0..batches {
         append(&log, &mut model, 2, 3);
     }
     log.flush().unwrap();
+    (dir, store, log, model)
+}
+
+#[test]
+fn a_snapshot_older_than_the_earliest_offset_is_an_error_naming_both() {
+    let (_dir, store, log, _model) = snapshot_then_appends(100);
     // Segments past the snapshot dropped: records between them are gone.
     assert!(log.delete_before(log.high_watermark()).unwrap() > 0);
     let mut machine = Latest::default();
@@ -219,22 +228,7 @@ fn a_snapshot_older_than_the_earliest_offset_is_an_error_naming_both() {
 
 #[test]
 fn a_tail_replay_restores_a_stale_snapshot_and_reads_only_from_the_floor() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = sluice_storage::LogConfig {
-        segment_bytes: 4096,
-        max_batch_bytes: 4096,
-        ..small_config(Durability::Always)
-    };
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    let log = store.open_log("p", config).unwrap();
-    let mut model = Latest::default();
-    append(&log, &mut model, 1, 1);
-    log.flush().unwrap();
-    replay::write_snapshot(&log, 1, &model.encode()).unwrap();
-    for _ in 0..400 {
-        append(&log, &mut model, 2, 3);
-    }
-    log.flush().unwrap();
+    let (_dir, store, log, mut model) = snapshot_then_appends(400);
     assert!(log.delete_before(log.high_watermark() / 2).unwrap() > 0);
     let earliest = log.earliest_offset();
     let bases = log.segment_bases();

@@ -177,13 +177,8 @@ async fn sequences_append_once_refuse_gaps_and_fence_older_epochs() {
         .unwrap_err();
     expect_status(&bad_id, Code::InvalidArgument, "transactional_id");
 
-    let values: Vec<String> = read_all(broker.addr, "events", 0)
-        .await
-        .into_iter()
-        .map(|r| r.1)
-        .collect();
     assert_eq!(
-        values,
+        values(&broker, 0).await,
         ["a-0", "a-1", "a-2", "b-0", "b-1", "old-0", "new-0"]
     );
     broker.stop().await;
@@ -316,33 +311,37 @@ async fn producer_via(proxy: &CutProxy, config: ProducerConfig) -> Producer {
     .unwrap()
 }
 
+/// Sends `value` to `events` and waits for its acknowledgement.
+async fn deliver(producer: &Producer, value: &'static str) -> sluice_client::RecordMetadata {
+    producer
+        .send("events", ProducerRecord::new(value))
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// The values of `events`/`partition`, in offset order.
+async fn values(broker: &TestBroker, partition: u32) -> Vec<String> {
+    read_all(broker.addr, "events", partition)
+        .await
+        .into_iter()
+        .map(|r| r.1)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_lost_response_is_retried_and_appended_once() {
     let broker = TestBroker::start().await;
     create_topic(&broker, "events", 1, pb::TopicConfig::default()).await;
     let proxy = CutProxy::start(broker.addr).await;
     let producer = producer_via(&proxy, ProducerConfig::new().linger(Duration::ZERO)).await;
-    producer
-        .send("events", ProducerRecord::new("warm-up"))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    deliver(&producer, "warm-up").await;
     proxy.cut_next_responses(1);
-    let delivered = producer
-        .send("events", ProducerRecord::new("once"))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let delivered = deliver(&producer, "once").await;
     assert_eq!(proxy.responses_cut(), 1, "the response was lost on its way");
     assert_eq!(delivered.offset, 1);
-    let values: Vec<String> = read_all(broker.addr, "events", 0)
-        .await
-        .into_iter()
-        .map(|r| r.1)
-        .collect();
-    assert_eq!(values, ["warm-up", "once"]);
+    assert_eq!(values(&broker, 0).await, ["warm-up", "once"]);
     producer.close().await;
     broker.stop().await;
 }
@@ -353,12 +352,7 @@ async fn a_lost_response_and_a_broker_restart_before_the_retry_still_append_once
     create_topic(&broker, "events", 1, pb::TopicConfig::default()).await;
     let proxy = CutProxy::start(broker.addr).await;
     let producer = producer_via(&proxy, ProducerConfig::new().linger(Duration::ZERO)).await;
-    producer
-        .send("events", ProducerRecord::new("warm-up"))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    deliver(&producer, "warm-up").await;
     // The response is lost and the broker looks down until it has restarted.
     proxy.set_refusing(true);
     proxy.cut_next_responses(1);
@@ -379,12 +373,7 @@ async fn a_lost_response_and_a_broker_restart_before_the_retry_still_append_once
     proxy.set_refusing(false);
     let delivered = delivery.await.unwrap();
     assert_eq!(delivered.offset, 1);
-    let values: Vec<String> = read_all(broker.addr, "events", 0)
-        .await
-        .into_iter()
-        .map(|r| r.1)
-        .collect();
-    assert_eq!(values, ["warm-up", "once"]);
+    assert_eq!(values(&broker, 0).await, ["warm-up", "once"]);
     producer.close().await;
     broker.stop().await;
 }
@@ -422,11 +411,7 @@ async fn five_in_flight_with_random_connection_cuts_keep_each_record_once_in_ord
     }
     assert!(cuts > 30);
     for partition in 0..2u32 {
-        let values: Vec<String> = read_all(broker.addr, "events", partition)
-            .await
-            .into_iter()
-            .map(|r| r.1)
-            .collect();
+        let values = values(&broker, partition).await;
         let expected: Vec<String> = (0..RECORDS)
             .filter(|i| (i % 2) as u32 == partition)
             .map(|i| format!("{i:05}"))

@@ -131,21 +131,27 @@ pub fn restamp_producer(
     producer_epoch: i16,
     base_sequence: i32,
 ) -> Result<(), FormatError> {
-    if batch.len() < layout::HEADER_LEN {
-        return Err(FormatError::TooShort { len: batch.len() });
-    }
-    let declared = u64::from(read_u32(batch, layout::BATCH_LEN)) + layout::LOG_OVERHEAD as u64;
-    if declared != batch.len() as u64 {
-        return Err(FormatError::LengthMismatch {
-            declared,
-            actual: batch.len(),
-        });
-    }
+    check_frame(batch)?;
     batch[layout::PRODUCER_ID].copy_from_slice(&producer_id.to_le_bytes());
     batch[layout::PRODUCER_EPOCH].copy_from_slice(&producer_epoch.to_le_bytes());
     batch[layout::BASE_SEQUENCE].copy_from_slice(&base_sequence.to_le_bytes());
     let crc = crc32fast::hash(&batch[layout::CRC_START..]);
     batch[layout::CRC].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The first two checks of a batch: a whole header, and `batch_len` covering exactly `buf`.
+pub(crate) fn check_frame(buf: &[u8]) -> Result<(), FormatError> {
+    if buf.len() < layout::HEADER_LEN {
+        return Err(FormatError::TooShort { len: buf.len() });
+    }
+    let declared = u64::from(read_u32(buf, layout::BATCH_LEN)) + layout::LOG_OVERHEAD as u64;
+    if declared != buf.len() as u64 {
+        return Err(FormatError::LengthMismatch {
+            declared,
+            actual: buf.len(),
+        });
+    }
     Ok(())
 }
 

@@ -78,16 +78,7 @@ impl<'a> BatchView<'a> {
         max_batch_bytes: usize,
         rule: OffsetRule,
     ) -> Result<Self, FormatError> {
-        if buf.len() < HEADER_LEN {
-            return Err(FormatError::TooShort { len: buf.len() });
-        }
-        let declared = u64::from(read_u32(buf, layout::BATCH_LEN)) + layout::LOG_OVERHEAD as u64;
-        if declared != buf.len() as u64 {
-            return Err(FormatError::LengthMismatch {
-                declared,
-                actual: buf.len(),
-            });
-        }
+        super::check_frame(buf)?;
         if buf.len() > max_batch_bytes {
             return Err(FormatError::TooLarge {
                 len: buf.len() as u64,
