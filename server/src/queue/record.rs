@@ -404,8 +404,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use proptest::prelude::*;
     use sluice_storage::format::BatchBuilder;
     use sluice_storage::replay::StateMachine;
+
+    proptest! {
+        /// Values read back from `__queue_state` are decoded defensively: any bytes are a
+        /// value or `None`, never a panic.
+        #[test]
+        fn any_value_bytes_decode_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_policy(&bytes);
+            let _ = decode_slot(&bytes);
+            let _ = decode_redrive(&bytes);
+        }
+    }
 
     fn apply(replaying: &mut Replaying, entries: &[Entry]) {
         let mut builder = BatchBuilder::new();

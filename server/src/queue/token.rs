@@ -100,6 +100,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Tokens come from clients: any text is a token or an error, never a panic, and
+        /// every token a broker hands out reads back as itself.
+        #[test]
+        fn any_text_decodes_or_is_refused(text in ".{0,80}", raw in "v1\\.[0-9]{1,12}\\.[0-9]{1,21}\\.[0-9]{1,11}\\.[0-9a-f]{8}") {
+            let _ = Token::decode(&text, "jobs", "workers");
+            let _ = Token::decode(&raw, "jobs", "workers");
+        }
+
+        #[test]
+        fn every_token_round_trips(partition: u32, offset: u64, attempt: u32, topic in "[a-z.]{1,20}", group in ".{1,20}") {
+            let token = Token { partition, offset, attempt };
+            let text = token.encode(&topic, &group);
+            prop_assert!(text.len() <= MAX_TOKEN_BYTES);
+            prop_assert_eq!(Token::decode(&text, &topic, &group).ok(), Some(token));
+        }
+    }
 
     #[test]
     fn tokens_round_trip_and_name_their_group() {
