@@ -116,3 +116,27 @@ async fn one_address_cannot_take_every_slot() {
     drop(held);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    // Pings every second, a second to answer; the handshake deadline is out of the way.
+    let broker = TestBroker::start_with(|c| {
+        c.keepalive_interval_ms = 1000;
+        c.keepalive_timeout_ms = 1000;
+        c.handshake_timeout_ms = 600_000;
+    })
+    .await;
+    // A peer that completes the HTTP/2 handshake (preface and an empty SETTINGS frame), then
+    // goes quiet as a frozen or vanished client would: it never acknowledges anything.
+    let mut socket = silent(broker.addr, LOOPBACK).await;
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    closed_by_broker(&mut socket).await;
+    // Not the handshake deadline (10 minutes here): the unanswered keepalive closed it.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    broker.stop().await;
+}
