@@ -15,6 +15,7 @@ pub mod error;
 pub mod groups;
 pub mod grpc;
 pub mod inflight;
+pub mod metrics;
 pub mod oversize;
 pub mod partition;
 pub mod producers;
@@ -28,6 +29,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use sluice_storage::{FaultOp, Faults};
 
+use axum::response::IntoResponse;
 use sluice_proto::v1::{
     admin_server::AdminServer, groups_server::GroupsServer, log_server::LogServer,
     queue_server::QueueServer,
@@ -179,7 +181,24 @@ pub async fn run(
         async move { broker.queues.run_timers(&broker, stop).await }
     });
     let http_server = tokio::spawn({
-        let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&broker)));
+        let router = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = Arc::clone(&metrics);
+                    async move {
+                        match metrics.encode() {
+                            Ok(text) => {
+                                ([(http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
+                                    .into_response()
+                            }
+                            Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                        }
+                    }
+                }),
+            );
         let stop = stop.clone();
         async move {
             axum::serve(http, router)
