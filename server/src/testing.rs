@@ -473,6 +473,38 @@ impl ChildBroker {
     }
 }
 
+/// Runs the CLI `bin ARGS` (tests pass `env!("CARGO_BIN_EXE_sluice")`) against `broker`
+/// with `stdin`, bounded in time; returns (success, stdout, stderr).
+pub async fn run_cli(
+    bin: &str,
+    broker: &TestBroker,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(bin)
+        .args(args)
+        .env("SLUICE_BROKER", broker.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the CLI finishes within 60 s")
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A TCP proxy on loopback in front of a broker that cuts connections on demand: to lose a
 /// response after its request reached the broker, or to cut every connection at random
 /// moments. Connections are cut by closing both sides, as a network failure would.

@@ -2,35 +2,11 @@
 //! queue describe, and dlq list/peek/redrive, against a real broker on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use sluice_server::testing::TestBroker;
-use std::process::Stdio;
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use sluice_server::testing::{TestBroker, run_cli};
 
-/// Runs `sluice ARGS` with `stdin`, bounded in time; returns (success, stdout, stderr).
+/// Runs `sluice ARGS` with `stdin` against `broker`; returns (success, stdout, stderr).
 async fn sluice(broker: &TestBroker, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("SLUICE_BROKER", broker.addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("sluice finishes within 60 s")
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    run_cli(env!("CARGO_BIN_EXE_sluice"), broker, args, stdin).await
 }
 
 const SCRIPT: &str = r#"read v; case "$v" in fail*) echo "bad $v attempt $SLUICE_ATTEMPT" >&2; exit 3;; esac; echo "done $v $SLUICE_ATTEMPT $SLUICE_TOPIC""#;

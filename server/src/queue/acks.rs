@@ -121,13 +121,12 @@ impl Queues {
         let token = Token::decode(token, &qg.topic, &qg.group)?;
         let policy = qg.policy(&topic);
         let now = self.clock.now_ms();
-        let (outcome, entries) = {
-            let mut state = qg.state();
-            let queue = state
-                .get_mut(token.partition as usize)
-                .ok_or_else(|| unknown_partition(&topic, token.partition))?;
-            let nacked = queue
-                .nack(
+        let (outcome, entries) = change_one(
+            &qg,
+            &topic,
+            &token,
+            |queue| {
+                queue.nack(
                     now,
                     token.offset,
                     token.attempt,
@@ -136,21 +135,10 @@ impl Queues {
                     &policy,
                     unit(),
                 )
-                .map_err(|stale| fenced(&qg.topic, &qg.group, token.partition, &stale))?;
-            let mut entries = Vec::new();
-            if let state::Nacked::Retry { .. } = nacked {
-                let before = queue.done_below();
-                change_entries(
-                    &qg,
-                    token.partition,
-                    queue,
-                    before,
-                    &[token.offset],
-                    &mut entries,
-                );
-            }
-            (nacked, entries)
-        };
+            },
+            // An exhausted job is dead-lettered, which writes its own records.
+            |nacked| matches!(nacked, state::Nacked::Retry { .. }),
+        )?;
         qg.changed.notify_waiters();
         match outcome {
             state::Nacked::Retry { until_ms } => {
@@ -180,26 +168,13 @@ impl Queues {
         let qg = self.group(&topic.name, group)?;
         let token = Token::decode(token, &qg.topic, &qg.group)?;
         let now = self.clock.now_ms();
-        let (deadline, entries) = {
-            let mut state = qg.state();
-            let queue = state
-                .get_mut(token.partition as usize)
-                .ok_or_else(|| unknown_partition(&topic, token.partition))?;
-            let deadline = queue
-                .extend(now, token.offset, token.attempt, visibility_timeout_ms)
-                .map_err(|stale| fenced(&qg.topic, &qg.group, token.partition, &stale))?;
-            let mut entries = Vec::new();
-            let before = queue.done_below();
-            change_entries(
-                &qg,
-                token.partition,
-                queue,
-                before,
-                &[token.offset],
-                &mut entries,
-            );
-            (deadline, entries)
-        };
+        let (deadline, entries) = change_one(
+            &qg,
+            &topic,
+            &token,
+            |queue| queue.extend(now, token.offset, token.attempt, visibility_timeout_ms),
+            |_| true,
+        )?;
         qg.check_present()?;
         self.persist(entries).await?;
         Ok(deadline)
@@ -217,28 +192,47 @@ impl Queues {
         let qg = self.group(&topic.name, group)?;
         let token = Token::decode(token, &qg.topic, &qg.group)?;
         let now = self.clock.now_ms();
-        let entries = {
-            let mut state = qg.state();
-            let queue = state
-                .get_mut(token.partition as usize)
-                .ok_or_else(|| unknown_partition(&topic, token.partition))?;
-            queue
-                .release(now, token.offset, token.attempt)
-                .map_err(|stale| fenced(&qg.topic, &qg.group, token.partition, &stale))?;
-            let mut entries = Vec::new();
-            let before = queue.done_below();
-            change_entries(
-                &qg,
-                token.partition,
-                queue,
-                before,
-                &[token.offset],
-                &mut entries,
-            );
-            entries
-        };
+        let ((), entries) = change_one(
+            &qg,
+            &topic,
+            &token,
+            |queue| queue.release(now, token.offset, token.attempt),
+            |_| true,
+        )?;
         qg.changed.notify_waiters();
         qg.check_present()?;
         self.persist(entries).await
     }
+}
+
+/// Applies `change` to the partition queue of the job `token` names, under the group's lock
+/// (a stale token is fenced and changes nothing); answers what it did and, if `persist` holds
+/// for that, the records of the job's new state (and of the cursor, had it moved) for
+/// `__queue_state`.
+fn change_one<T>(
+    qg: &QueueGroup,
+    topic: &Topic,
+    token: &Token,
+    change: impl FnOnce(&mut state::PartitionQueue) -> std::result::Result<T, state::Stale>,
+    persist: impl FnOnce(&T) -> bool,
+) -> Result<(T, Vec<Entry>)> {
+    let mut groups = qg.state();
+    let queue = groups
+        .get_mut(token.partition as usize)
+        .ok_or_else(|| unknown_partition(topic, token.partition))?;
+    let before = queue.done_below();
+    let changed =
+        change(queue).map_err(|stale| fenced(&qg.topic, &qg.group, token.partition, &stale))?;
+    let mut entries = Vec::new();
+    if persist(&changed) {
+        change_entries(
+            qg,
+            token.partition,
+            queue,
+            before,
+            &[token.offset],
+            &mut entries,
+        );
+    }
+    Ok((changed, entries))
 }
