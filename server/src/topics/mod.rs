@@ -427,15 +427,28 @@ impl Topics {
                 "only internal topics are switched to compaction",
             ));
         }
+        let topic = self.replace_settings(name, |old| TopicSettings {
+            cleanup: Cleanup::Compact,
+            ..old.clone()
+        })?;
+        self.count_compacted(&self.read());
+        Ok(topic)
+    }
+
+    /// Rewrites topic `name`'s settings to `change(old)` (blocking): its `topic.json` is
+    /// rewritten atomically and the registry shows the new settings over the same open
+    /// partitions.
+    fn replace_settings(
+        &self,
+        name: &str,
+        change: impl FnOnce(&TopicSettings) -> TopicSettings,
+    ) -> Result<Arc<Topic>> {
         let mut registry = self.write();
         let old = registry
             .get(name)
             .cloned()
             .ok_or_else(|| Error::unknown_topic(name))?;
-        let settings = TopicSettings {
-            cleanup: Cleanup::Compact,
-            ..old.settings.clone()
-        };
+        let settings = change(&old.settings);
         let meta = TopicMeta {
             name: name.to_owned(),
             partitions: old.partitions.len() as u32,
@@ -454,7 +467,6 @@ impl Topics {
             dir: old.dir.clone(),
         });
         registry.insert(name.to_owned(), Arc::clone(&topic));
-        self.count_compacted(&registry);
         Ok(topic)
     }
 
@@ -464,33 +476,10 @@ impl Topics {
         if let Some((field, value, reason)) = retry.problem() {
             return Err(Error::invalid(field, value, reason));
         }
-        let mut registry = self.write();
-        let old = registry
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::unknown_topic(name))?;
-        let settings = TopicSettings {
+        let topic = self.replace_settings(name, |old| TopicSettings {
             retry,
-            ..old.settings.clone()
-        };
-        let meta = TopicMeta {
-            name: name.to_owned(),
-            partitions: old.partitions.len() as u32,
-            settings: StoredSettings::new(&settings),
-        };
-        let path = old.dir.join(META_FILE);
-        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| Error::BadMetadata {
-            path: path.clone(),
-            reason: e.to_string(),
+            ..old.clone()
         })?;
-        sluice_storage::io::write_atomically(&path, &bytes)?;
-        let topic = Arc::new(Topic {
-            name: old.name.clone(),
-            settings,
-            partitions: old.partitions.clone(),
-            dir: old.dir.clone(),
-        });
-        registry.insert(name.to_owned(), Arc::clone(&topic));
         tracing::info!(topic = name, ?retry, "altered queue retry policy");
         Ok(topic)
     }
