@@ -180,8 +180,9 @@ pub async fn run(
         let stop = stop.clone();
         async move { broker.queues.run_timers(&broker, stop).await }
     });
+    let timing = metrics::RequestTiming::default();
     let http_server = tokio::spawn({
-        let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&broker)));
+        let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&broker), &timing));
         let router = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .route(
@@ -255,6 +256,7 @@ pub async fn run(
     };
     let incoming = connections::incoming(grpc, limits, stop.clone());
     let served = Server::builder()
+        .layer(timing)
         .layer(oversize::OversizeLayer)
         .layer(admission::AdmissionLayer::new(
             config.max_produce_requests,

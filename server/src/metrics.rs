@@ -11,11 +11,17 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 /// The content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -27,9 +33,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics of `broker`.
-    pub fn new(broker: Arc<Broker>) -> Self {
+    /// Metrics of `broker`, with the request latencies `timing` records.
+    pub fn new(broker: Arc<Broker>, timing: &RequestTiming) -> Self {
         let mut registry = Registry::default();
+        registry.register(
+            "sluice_grpc_request_duration_seconds",
+            "Time from a gRPC request's headers to its response's headers (a stream: until it starts), per method; refused and unknown methods included.",
+            timing.family.clone(),
+        );
         registry.register_collector(Box::new(BrokerCollector { broker }));
         Self { registry }
     }
@@ -208,4 +219,90 @@ fn resident_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Label values of the request histogram: the gRPC method path.
+type MethodLabels = Vec<(&'static str, String)>;
+
+fn request_histogram() -> Histogram {
+    // 100 µs .. ~13 s.
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+}
+
+/// A tower layer timing every gRPC request per method, into one histogram family. Paths the
+/// broker does not serve (answered `UNIMPLEMENTED`) share the label `unknown`, so a client
+/// cannot grow the label set.
+#[derive(Debug, Clone)]
+pub struct RequestTiming {
+    family: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RequestTiming {
+    fn default() -> Self {
+        Self {
+            family: Family::new_with_constructor(request_histogram),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RequestTiming {
+    type Service = Timed<S>;
+
+    fn layer(&self, inner: S) -> Timed<S> {
+        Timed {
+            inner,
+            family: self.family.clone(),
+        }
+    }
+}
+
+/// The service [`RequestTiming`] wraps around the gRPC routes.
+#[derive(Debug, Clone)]
+pub struct Timed<S> {
+    inner: S,
+    family: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+/// `grpc-status` of a method the server does not have.
+const UNIMPLEMENTED: &str = "12";
+
+impl<S, B, R> tower::Service<http::Request<B>> for Timed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let method = request.uri().path().to_owned();
+        let family = self.family.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            if let Ok(response) = &response {
+                let unknown = response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|status| status == UNIMPLEMENTED);
+                let method = if unknown {
+                    "unknown".to_owned()
+                } else {
+                    method
+                };
+                family
+                    .get_or_create(&vec![("method", method)])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            response
+        })
+    }
 }

@@ -62,14 +62,17 @@ fn parse(text: &str) -> HashMap<String, f64> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
             "{name}"
         );
-        let family = types
-            .keys()
-            .find(|family| {
-                name == family.as_str()
-                    || (types[*family] == "counter" && name == format!("{family}_total"))
-            })
-            .unwrap_or_else(|| panic!("sample {name} of no declared family"));
-        let _ = family;
+        let declared = types.iter().any(|(family, kind)| {
+            let suffix = name.strip_prefix(family.as_str());
+            match kind.as_str() {
+                "counter" => suffix == Some("_total") || suffix == Some("_created"),
+                "histogram" => {
+                    matches!(suffix, Some("_bucket" | "_count" | "_sum" | "_created"))
+                }
+                _ => suffix == Some(""),
+            }
+        });
+        assert!(declared, "sample {name} of no declared family");
         let labels = &series[name.len()..];
         if !labels.is_empty() {
             assert!(labels.starts_with('{') && labels.ends_with('}'), "{series}");
@@ -124,6 +127,14 @@ async fn metrics_parse_and_move_with_produce() {
     assert!(after[r#"sluice_partition_size_bytes{topic="orders",partition="1"}"#] > 1000.0);
     assert!(after["sluice_process_resident_memory_bytes"] > 1_000_000.0);
     assert!(after["sluice_topics"] >= 1.0);
+    // Every request is timed, per method.
+    let produce_count =
+        r#"sluice_grpc_request_duration_seconds_count{method="/sluice.v1.Log/Produce"}"#;
+    assert_eq!(after[produce_count], 2.0);
+    assert_eq!(
+        after[r#"sluice_grpc_request_duration_seconds_bucket{le="+Inf",method="/sluice.v1.Log/Produce"}"#],
+        2.0
+    );
     // A refused batch counts as rejected, and nothing else moves.
     let mut bad = batch("c", 1, 10, 1_000).to_vec();
     bad[30] ^= 0xff;
@@ -136,5 +147,24 @@ async fn metrics_parse_and_move_with_produce() {
         1.0
     );
     assert_eq!(refused[records], 10.0);
+    assert_eq!(refused[produce_count], 3.0);
+
+    // A method the broker does not serve is timed as `unknown`: clients cannot grow the labels.
+    let mut grpc = tonic::client::Grpc::new(sluice_tests::connect(broker.addr).await);
+    grpc.ready().await.unwrap();
+    let codec: tonic_prost::ProstCodec<pb::ListTopicsRequest, pb::ListTopicsResponse> =
+        tonic_prost::ProstCodec::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/sluice.v1.Nope/Invented");
+    let status = grpc
+        .unary(tonic::Request::new(pb::ListTopicsRequest {}), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    let unknown = parse(&get(broker.http_addr, "/metrics").await.2);
+    assert_eq!(
+        unknown[r#"sluice_grpc_request_duration_seconds_count{method="unknown"}"#],
+        1.0
+    );
+    assert!(!unknown.keys().any(|k| k.contains("Invented")));
     broker.stop().await;
 }
