@@ -121,10 +121,14 @@ impl ServeArgs {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    cli::interrupted().await;
-    tracing::info!("shutdown signal received");
+/// Completes on SIGINT or SIGTERM, listening from the call on (so a signal during start-up
+/// stops the broker cleanly once it is up, rather than killing it).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
+    let signal = cli::interrupted();
+    async move {
+        signal.await;
+        tracing::info!("shutdown signal received");
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

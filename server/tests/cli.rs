@@ -5,6 +5,7 @@ use sluice_server::testing::{TestBroker, run_cli};
 use sluice_server::{Clock, Env};
 use std::process::Stdio;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::process::Command;
 
 /// Runs `sluice ARGS` with `stdin` against `broker`; returns (success, stdout, stderr).
@@ -297,27 +298,57 @@ async fn consumers_in_a_group_share_a_topic_and_the_group_can_be_inspected_and_r
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // SIGTERM: each commits and leaves, exiting successfully.
-    let mut outputs = Vec::new();
-    for child in [first, second] {
+    // Each member prints what it reads; once the two together printed every record, SIGTERM:
+    // each commits and leaves, exiting successfully.
+    let (lines_sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut members = Vec::new();
+    for mut child in [first, second] {
+        let stdout = child.stdout.take().unwrap();
+        let sender = lines_sender.clone();
+        let reader = tokio::spawn(async move {
+            let mut stdout = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = stdout.next_line().await {
+                let _ = sender.send(line);
+            }
+        });
+        members.push((child, reader));
+    }
+    drop(lines_sender);
+    let read_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut values = Vec::new();
+    while values.len() < 40 {
+        let line = tokio::time::timeout_at(read_deadline, lines.recv())
+            .await
+            .expect("the members read every record within 60 s")
+            .expect("a member exited early");
+        values.push(line);
+    }
+    for (mut child, reader) in members {
         let pid = child.id().unwrap().to_string();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
         assert!(status.success());
-        let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        let exited = tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
             .expect("a member exits after SIGTERM")
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        outputs.push(String::from_utf8_lossy(&output.stdout).into_owned());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        assert!(exited.success(), "{stderr}");
+        reader.await.unwrap();
     }
-    let mut values: Vec<&str> = outputs.iter().flat_map(|o| o.lines()).collect();
+    // Nothing is read twice, before or after the signal.
+    while let Ok(line) = lines.try_recv() {
+        values.push(line);
+    }
     values.sort_unstable();
     let mut expected: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
     expected.sort_unstable();

@@ -112,6 +112,9 @@ fn start_of(
 }
 
 pub async fn run(args: ConsumeArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
+    // SIGINT or SIGTERM ends the consume as the end of the log would: commit, leave. Listening
+    // starts now, so a signal while the consumer still joins its group is not lost.
+    let mut interrupted = super::interrupted();
     let from = parse_from(&args.from)?;
     let described = broker.admin().await?.describe_topic(&args.topic).await?;
     let partitions: Vec<&PartitionDescription> = described
@@ -182,8 +185,6 @@ pub async fn run(args: ConsumeArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
             consumer.assign(&args.topic, p.partition, start).await?;
         }
     }
-    // SIGINT or SIGTERM ends the consume as the end of the log would: commit, leave.
-    let mut interrupted = std::pin::pin!(super::interrupted());
     let mut printed = 0u64;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     'poll: loop {
@@ -198,7 +199,7 @@ pub async fn run(args: ConsumeArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
         }
         let records = tokio::select! {
             polled = consumer.poll() => polled?,
-            () = &mut interrupted => break,
+            () = interrupted.as_mut() => break,
         };
         for record in records {
             if !args.follow

@@ -67,27 +67,41 @@ impl BrokerArgs {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn interrupted() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Listens for SIGINT and SIGTERM from the moment it is called, and completes on the first.
+/// The listeners are installed here, not on the future's first poll: a signal that arrives
+/// in between (a consumer still joining its group, say) is kept, instead of killing the
+/// process before it can commit and leave. Call it inside the runtime, as early as the
+/// command can be interrupted.
+pub fn interrupted() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
-        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        let mut terminate = match terminate {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops");
-                let _ = interrupt.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => Box::pin(async move {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }),
+            (Ok(mut only), Err(error)) | (Err(error), Ok(mut only)) => {
+                tracing::error!(%error, "cannot listen for one of SIGINT and SIGTERM");
+                Box::pin(async move {
+                    only.recv().await;
+                })
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+            (Err(error), Err(_)) => {
+                tracing::error!(%error, "cannot listen for SIGINT or SIGTERM");
+                Box::pin(std::future::pending())
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// `always`, `interval` or `never`, as `--fsync` takes it.

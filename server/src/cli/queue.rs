@@ -212,6 +212,8 @@ async fn run_command(args: &WorkArgs, group: &str, job: Job) -> Result<(), Strin
 }
 
 pub async fn work(args: WorkArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
+    // Listening starts now: SIGINT/SIGTERM while connecting still drains cleanly.
+    let signal = interrupted();
     let queue = queue_client(broker).await?;
     let group = args.group.clone();
     let topic = args.topic.clone();
@@ -242,7 +244,7 @@ pub async fn work(args: WorkArgs, broker: &BrokerArgs) -> anyhow::Result<()> {
     };
     let stop = async move {
         tokio::select! {
-            _ = interrupted() => {}
+            _ = signal => {}
             _ = limit_reached.notified(), if max_jobs.is_some() => {}
         }
     };
