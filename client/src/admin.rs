@@ -270,14 +270,16 @@ impl Admin {
         F: Fn(AdminClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let timeout = self.request_timeout;
-        connection::with_retry(&self.retry, idempotency, timeout, || {
-            send(
-                self.client.clone(),
-                connection::request(request.clone(), timeout),
-            )
-        })
+        connection::call(
+            &self.client,
+            &self.retry,
+            idempotency,
+            self.request_timeout,
+            operation,
+            topic,
+            send,
+            request,
+        )
         .await
-        .map_err(|f| Error::broker(operation, topic, None, &f.status, f.attempts))
     }
 }

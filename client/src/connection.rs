@@ -256,6 +256,33 @@ where
         .map(|(answer, _attempts)| answer)
 }
 
+/// Sends `request` through a clone of `client` with the retry policy, each attempt bounded by
+/// `timeout`; a failure names `operation` and `topic` (the one shape of the Admin and Queue
+/// calls).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn call<C, Req, Resp, F, Fut>(
+    client: &C,
+    retry: &RetryPolicy,
+    idempotency: Idempotency,
+    timeout: Duration,
+    operation: &'static str,
+    topic: &str,
+    send: F,
+    request: Req,
+) -> Result<Resp>
+where
+    C: Clone,
+    Req: Clone,
+    F: Fn(C, tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
+{
+    with_retry(retry, idempotency, timeout, || {
+        send(client.clone(), self::request(request.clone(), timeout))
+    })
+    .await
+    .map_err(|f| Error::broker(operation, topic, None, &f.status, f.attempts))
+}
+
 /// [`with_retry`], also answering how many attempts the success took.
 pub(crate) async fn with_retry_counted<T, F, Fut>(
     policy: &RetryPolicy,

@@ -357,14 +357,17 @@ impl Queue {
         F: Fn(QueueClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        connection::with_retry(&self.retry, idempotency, timeout, || {
-            send(
-                self.client.clone(),
-                connection::request(request.clone(), timeout),
-            )
-        })
+        connection::call(
+            &self.client,
+            &self.retry,
+            idempotency,
+            timeout,
+            operation,
+            topic,
+            send,
+            request,
+        )
         .await
-        .map_err(|f| Error::broker(operation, topic, None, &f.status, f.attempts))
     }
 }
 

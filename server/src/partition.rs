@@ -201,7 +201,8 @@ impl Partition {
         self.wait_for_predecessors(&incoming).await;
         let producers = Arc::clone(&self.producers);
         let clock = self.sequencing.clock.clone();
-        let name = self.name();
+        // The name is formatted only for a refusal: nothing is allocated per accepted batch.
+        let (topic, id) = (Arc::clone(&self.topic), self.id);
         let appended = self
             .append_checked(batch, origin, move |view, base_offset| {
                 // The same bytes `peek_producer` read, now validated.
@@ -220,7 +221,9 @@ impl Partition {
                         Ok(())
                     }
                     Ok(Verdict::Duplicate(meta)) => Err(Error::DuplicateBatch(meta)),
-                    Err(refusal) => Err(refusal_error(&name, &incoming, refusal)),
+                    Err(refusal) => {
+                        Err(refusal_error(&format!("{topic}/{id}"), &incoming, refusal))
+                    }
                 }
             })
             .await;

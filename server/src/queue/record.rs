@@ -95,6 +95,14 @@ pub fn policy_value(policy: &RetryPolicy) -> Vec<u8> {
     value
 }
 
+/// A partition number from a key: a topic never has `MAX_PARTITIONS` or more, and replay
+/// sizes a group's partition list by the largest it sees, so a damaged key must not pass.
+fn partition_of(text: &str) -> Option<u32> {
+    text.parse()
+        .ok()
+        .filter(|&p| p < sluice_proto::limits::MAX_PARTITIONS)
+}
+
 fn decode_policy(value: &[u8]) -> Option<RetryPolicy> {
     if value.len() != POLICY_LEN || value[0] != VERSION {
         return None;
@@ -271,7 +279,7 @@ impl Replaying {
             "c" => {
                 let group = parts.next()?;
                 let topic = parts.next()?;
-                let partition: u32 = parts.next()?.parse().ok()?;
+                let partition = partition_of(parts.next()?)?;
                 let Some(value) = value else {
                     // The group (or its topic) was deleted: forget the partition.
                     let key = (group.to_owned(), topic.to_owned());
@@ -296,7 +304,7 @@ impl Replaying {
             "s" => {
                 let group = parts.next()?;
                 let topic = parts.next()?;
-                let partition: u32 = parts.next()?.parse().ok()?;
+                let partition = partition_of(parts.next()?)?;
                 let offset: u64 = parts.next()?.parse().ok()?;
                 if value.is_none() {
                     // A tombstone creates nothing (its group may be gone).
@@ -327,7 +335,7 @@ impl Replaying {
             }
             "r" => {
                 let topic = parts.next()?;
-                let partition: u32 = parts.next()?.parse().ok()?;
+                let partition = partition_of(parts.next()?)?;
                 let offset: u64 = parts.next()?.parse().ok()?;
                 let Some(value) = value else {
                     self.redrives.remove(&(topic.to_owned(), partition, offset));
@@ -413,6 +421,7 @@ mod tests {
         /// value or `None`, never a panic.
         #[test]
         fn any_value_bytes_decode_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = partition_of(&String::from_utf8_lossy(&bytes));
             let _ = decode_policy(&bytes);
             let _ = decode_slot(&bytes);
             let _ = decode_redrive(&bytes);
@@ -456,9 +465,11 @@ mod tests {
                     })),
                 ),
                 (b"junk".to_vec(), Some(vec![1])),
+                // A damaged partition number past any topic's: skipped, not a huge list.
+                (cursor_key("g", "t", u32::MAX), Some(cursor_value(&queue))),
             ],
         );
-        assert_eq!(replaying.malformed, 1);
+        assert_eq!(replaying.malformed, 2);
         // An older cursor landing late does not move it back.
         apply(
             &mut replaying,
